@@ -1,1 +1,139 @@
-fn main() {}
+//! `kata-agent`: the Kata Containers guest agent.
+//!
+//! Start-up: PID-1 duties (init mode) or subreaper set-up (standalone), configuration, logging, the
+//! child reaper, then the ttRPC server until DestroySandbox or a termination signal.
+
+mod config;
+mod container;
+mod error;
+mod guest;
+mod init;
+mod io;
+mod logging;
+mod namespaces;
+mod oci;
+mod rpc;
+mod sandbox;
+mod server;
+mod version;
+
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+const USAGE: &str = "\
+Usage: kata-agent [OPTIONS]
+
+The Kata Containers guest agent. It serves the Kata agent API (ttRPC) on the address given by
+agent.server_addr on the kernel command line or KATA_AGENT_SERVER_ADDR (default vsock://-1:1024).
+
+Options:
+  -c, --config <FILE>  Read the configuration from this TOML file instead of /proc/cmdline
+  -v, --version        Print the version and exit
+  -h, --help           Print this help and exit
+
+Environment:
+  KATA_AGENT_SERVER_ADDR   address to serve on (unix:///path, unix://@name, vsock://CID:PORT)
+  KATA_AGENT_LOG_LEVEL     trace, debug, info, warn or error
+  KATA_AGENT_TRACING       true/false
+  KATA_AGENT_RUN_DIR       where container bundles and sandbox state live (default /run/kata-containers)
+See docs/configuration.md for every option.
+";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+
+    // The container engine re-executes this binary as `kata-agent init` to set a container up in a
+    // fresh single-threaded process.
+    if args.get(1).map(String::as_str) == Some("init") {
+        engine::child::run();
+    }
+
+    let mut iter = args.iter().skip(1);
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "-v" | "--version" => {
+                println!("{}", version::version_line());
+                return;
+            }
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return;
+            }
+            "-c" | "--config" => {
+                if iter.next().is_none() {
+                    eprintln!("kata-agent: {arg} needs a file argument\n\n{USAGE}");
+                    std::process::exit(2);
+                }
+            }
+            other if other.starts_with("--config=") => {}
+            other => {
+                eprintln!("kata-agent: unknown argument {other:?}\n\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    let init_mode = nix::unistd::getpid().as_raw() == 1;
+    let code = match run(&args, init_mode) {
+        Ok(()) => 0,
+        Err(e) => {
+            error!(error = %error::chain_message(&e), "the agent stopped on an error");
+            eprintln!("kata-agent: {}", error::chain_message(&e));
+            1
+        }
+    };
+    eprintln!("kata-agent shutdown complete");
+    if init_mode {
+        init::power_off();
+    }
+    std::process::exit(code);
+}
+
+fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
+    if init_mode {
+        // Mounts come before the configuration: /proc/cmdline needs /proc.
+        init::setup_base_mounts()?;
+    }
+    let (cfg, warnings) = config::AgentConfig::load(args)?;
+    let cfg = Arc::new(cfg);
+    let _log = logging::init(cfg.log_level);
+    for w in warnings {
+        warn!(subsystem = "config", "{w}");
+    }
+    info!(
+        agent_version = version::VERSION,
+        api_version = version::API_VERSION,
+        init_mode,
+        config = ?cfg,
+        "announce"
+    );
+
+    if init_mode {
+        init::setup_init_mode(&cfg)?;
+    }
+    if cfg.dev_mode {
+        if let Err(e) = init::setup_devmode() {
+            warn!(error = %e, "cannot enable core dumps for devmode");
+        }
+    }
+    init::set_subreaper()?;
+    engine::reaper::start();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let agent = sandbox::Agent::new(cfg.clone(), init_mode);
+    let reason = runtime.block_on(async {
+        let reason = server::serve(agent.clone(), &cfg.server_addr).await?;
+        if let server::StopReason::Signal(sig) = reason {
+            info!(signal = sig, "stopping on signal");
+            rpc::shutdown_cleanup(&agent).await;
+        }
+        anyhow::Ok(reason)
+    })?;
+    info!(reason = ?reason, "agent stopped");
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}

@@ -1,0 +1,588 @@
+//! Containers and their processes: the registry behind the container and process RPCs.
+//!
+//! Locking: the registry map is held only to look entries up or insert/remove them; each container
+//! has its own engine lock (taken on a blocking thread for engine calls) and its own process table.
+//! Nothing that waits — a read, a write, WaitProcess, GetOOMEvent — holds any of these locks while
+//! it waits, so one stuck client never stalls the others.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Process, Spec};
+use tokio::sync::{mpsc, Mutex};
+use tracing::{info, warn};
+
+use crate::error::{AgentError, Result};
+use crate::io::{self, ParentStdio, StreamReader, StreamWriter};
+use crate::sandbox::Agent;
+
+/// Capacity of the OOM event queue (events beyond it wait in their watcher).
+const OOM_QUEUE: usize = 100;
+
+/// One process of a container (its init or an exec).
+pub struct ProcessEntry {
+    pub exec_id: String,
+    pub pid: i32,
+    pub init: bool,
+    pub terminal: bool,
+    pub exit: engine::ExitWatch,
+    stdin: StdMutex<Option<Arc<StreamWriter>>>,
+    stdout: StdMutex<Option<Arc<StreamReader>>>,
+    stderr: StdMutex<Option<Arc<StreamReader>>>,
+    pty: StdMutex<Option<Arc<OwnedFd>>>,
+}
+
+impl ProcessEntry {
+    fn new(exec_id: String, pid: i32, init: bool, terminal: bool, exit: engine::ExitWatch, stdio: ParentStdio) -> ProcessEntry {
+        ProcessEntry {
+            exec_id,
+            pid,
+            init,
+            terminal,
+            exit,
+            stdin: StdMutex::new(stdio.stdin),
+            stdout: StdMutex::new(stdio.stdout),
+            stderr: StdMutex::new(stdio.stderr),
+            pty: StdMutex::new(stdio.pty),
+        }
+    }
+
+    pub fn stdout(&self) -> Option<Arc<StreamReader>> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> Option<Arc<StreamReader>> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn stdin(&self) -> Option<Arc<StreamWriter>> {
+        self.stdin.lock().unwrap().clone()
+    }
+
+    pub fn pty(&self) -> Option<Arc<OwnedFd>> {
+        self.pty.lock().unwrap().clone()
+    }
+
+    /// Closes stdin (for a terminal process: the pty master's write side stays for output, the
+    /// child sees end of input through an EOT character).
+    pub async fn close_stdin(&self) -> Result<()> {
+        let writer = self.stdin.lock().unwrap().take();
+        if self.terminal {
+            if let Some(w) = writer {
+                // ^D at the start of a line is end of input for a terminal.
+                w.write_all(&[4]).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether both output streams have been read to their end (or never existed).
+    async fn outputs_drained(&self) -> bool {
+        for reader in [self.stdout(), self.stderr()].into_iter().flatten() {
+            if !reader.at_eof().await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A container known to the agent.
+pub struct ContainerEntry {
+    pub id: String,
+    engine: Arc<StdMutex<engine::Container>>,
+    processes: StdMutex<HashMap<String, Arc<ProcessEntry>>>,
+    /// Processes that were waited for but whose output has not been read to the end yet: reads
+    /// still reach them, nothing else does.
+    finished: StdMutex<HashMap<String, Arc<ProcessEntry>>>,
+}
+
+impl ContainerEntry {
+    /// Runs a blocking engine call on the blocking pool.
+    async fn with_engine<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut engine::Container) -> engine::Result<T> + Send + 'static,
+    {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = engine.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| AgentError::internal(format!("engine task failed: {e}")))?
+        .map_err(AgentError::from)
+    }
+
+    /// The process for `exec_id` ("" means the init process).
+    pub fn process(&self, exec_id: &str) -> Result<Arc<ProcessEntry>> {
+        let procs = self.processes.lock().unwrap();
+        let key = if exec_id.is_empty() { self.id.as_str() } else { exec_id };
+        procs.get(key).cloned().ok_or_else(|| {
+            if exec_id.is_empty() || exec_id == self.id {
+                AgentError::not_found(format!("the init process of container {} is gone", self.id))
+            } else {
+                AgentError::not_found(format!("process {exec_id} not found in container {}", self.id))
+            }
+        })
+    }
+
+    /// Like [`Self::process`], but also finds waited-for processes whose output is still unread.
+    pub fn process_for_read(&self, exec_id: &str) -> Result<Arc<ProcessEntry>> {
+        match self.process(exec_id) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let key = if exec_id.is_empty() { self.id.as_str() } else { exec_id };
+                self.finished.lock().unwrap().get(key).cloned().ok_or(e)
+            }
+        }
+    }
+
+    /// The spec the container was created with (after the agent's rewrites).
+    pub async fn spec(&self) -> Result<Spec> {
+        self.with_engine(|e| Ok(e.spec().clone())).await
+    }
+
+    pub fn init_pid(&self) -> i32 {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner()).init_pid()
+    }
+}
+
+/// Every container of the sandbox, plus the sandbox-wide container state.
+pub struct Containers {
+    map: StdMutex<HashMap<String, Arc<ContainerEntry>>>,
+    /// Ids being created right now (so a duplicate is refused before anything is touched).
+    creating: StdMutex<HashSet<String>>,
+    /// The sandbox's pid namespace: that of the first container ever created, pinned open.
+    sandbox_pidns: StdMutex<Option<File>>,
+    oom_tx: mpsc::Sender<String>,
+    oom_rx: Mutex<mpsc::Receiver<String>>,
+}
+
+impl Default for Containers {
+    fn default() -> Self {
+        let (oom_tx, oom_rx) = mpsc::channel(OOM_QUEUE);
+        Containers {
+            map: StdMutex::new(HashMap::new()),
+            creating: StdMutex::new(HashSet::new()),
+            sandbox_pidns: StdMutex::new(None),
+            oom_tx,
+            oom_rx: Mutex::new(oom_rx),
+        }
+    }
+}
+
+/// Everything CreateContainer needs besides the spec.
+pub struct CreateParams {
+    pub id: String,
+    pub spec: Spec,
+    pub sandbox_pidns: bool,
+}
+
+/// Removes the id from the "being created" set when creation ends, however it ends.
+struct CreatingGuard<'a> {
+    set: &'a StdMutex<HashSet<String>>,
+    id: String,
+}
+
+impl Drop for CreatingGuard<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap().remove(&self.id);
+    }
+}
+
+impl Containers {
+    /// Looks a container up; the code of a miss is chosen by the caller's RPC family.
+    pub fn get(&self, id: &str) -> Option<Arc<ContainerEntry>> {
+        self.map.lock().unwrap().get(id).cloned()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.map.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Lookup for the process-family RPCs: unknown container is INVALID_ARGUMENT (as upstream).
+    pub fn lookup(&self, id: &str) -> Result<Arc<ContainerEntry>> {
+        self.get(id)
+            .ok_or_else(|| AgentError::invalid_argument(format!("container {id} does not exist")))
+    }
+
+    /// Lookup for Start/Remove/Exec: unknown container is NOT_FOUND.
+    pub fn find(&self, id: &str) -> Result<Arc<ContainerEntry>> {
+        self.get(id)
+            .ok_or_else(|| AgentError::not_found(format!("container {id} does not exist")))
+    }
+
+    /// CreateContainer: the container ends in the Created state, its init blocked before exec.
+    pub async fn create(&self, agent: &Agent, params: CreateParams) -> Result<()> {
+        let id = params.id.clone();
+        engine::validate_container_id(&id).map_err(AgentError::from)?;
+        {
+            let map = self.map.lock().unwrap();
+            let mut creating = self.creating.lock().unwrap();
+            if map.contains_key(&id) || creating.contains(&id) {
+                return Err(AgentError::already_exists(format!("container {id} already exists")));
+            }
+            creating.insert(id.clone());
+        }
+        let _creating = CreatingGuard { set: &self.creating, id: id.clone() };
+
+        let mut spec = params.spec;
+        let terminal = spec.process().as_ref().map(|p| p.terminal().unwrap_or(false)).unwrap_or(false);
+        self.rewrite_namespaces(agent, &mut spec, params.sandbox_pidns).await?;
+        merge_guest_hooks(&mut spec, &agent.sandbox.lock().await.hooks);
+
+        let (parent, child) = io::create_stdio(terminal, agent.config.container_pipe_size)?;
+        let cfg = agent.engine_config();
+        let stdio = engine::Stdio {
+            stdin: child.stdin,
+            stdout: child.stdout,
+            stderr: child.stderr,
+        };
+        let cid = id.clone();
+        let container = tokio::task::spawn_blocking(move || engine::Container::create(&cfg, &cid, spec, stdio))
+            .await
+            .map_err(|e| AgentError::internal(format!("container creation task failed: {e}")))?
+            .map_err(AgentError::from)?;
+
+        let pid = container.init_pid();
+        let exit = container.init_exit();
+        {
+            let mut pidns = self.sandbox_pidns.lock().unwrap();
+            if pidns.is_none() {
+                match File::open(format!("/proc/{pid}/ns/pid")) {
+                    Ok(f) => *pidns = Some(f),
+                    Err(e) => warn!(subsystem = "container", error = %e, "cannot pin the sandbox pid namespace"),
+                }
+            }
+        }
+        let init = Arc::new(ProcessEntry::new(id.clone(), pid, true, terminal, exit, parent));
+        let entry = Arc::new(ContainerEntry {
+            id: id.clone(),
+            engine: Arc::new(StdMutex::new(container)),
+            processes: StdMutex::new(HashMap::from([(id.clone(), init)])),
+            finished: StdMutex::new(HashMap::new()),
+        });
+        self.map.lock().unwrap().insert(id.clone(), entry);
+        info!(subsystem = "container", container_id = %id, pid, "container created");
+        Ok(())
+    }
+
+    /// Points ipc/uts at the sandbox's shared namespaces and adds the pid namespace entry.
+    async fn rewrite_namespaces(&self, agent: &Agent, spec: &mut Spec, share_pidns: bool) -> Result<()> {
+        let shared = crate::sandbox::shared_namespace_paths(&*agent.sandbox.lock().await);
+        let pidns_path = if share_pidns {
+            let pinned = self.sandbox_pidns.lock().unwrap();
+            match pinned.as_ref() {
+                Some(f) => Some(PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd()))),
+                None if self.map.lock().unwrap().is_empty() => None,
+                None => {
+                    return Err(AgentError::failed_precondition(
+                        "the sandbox has no shared pid namespace yet",
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        let Some(linux) = spec.linux_mut() else {
+            return Err(AgentError::invalid_argument("the spec has no linux section"));
+        };
+        let mut namespaces: Vec<LinuxNamespace> = linux.namespaces().clone().unwrap_or_default();
+        for ns in namespaces.iter_mut() {
+            let key = match ns.typ() {
+                LinuxNamespaceType::Ipc => "ipc",
+                LinuxNamespaceType::Uts => "uts",
+                _ => continue,
+            };
+            ns.set_path(shared.get(key).cloned());
+        }
+        let has_pid = namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Pid);
+        if let Some(path) = pidns_path {
+            namespaces.retain(|n| n.typ() != LinuxNamespaceType::Pid);
+            namespaces.push(pid_namespace(Some(path))?);
+        } else if !has_pid {
+            namespaces.push(pid_namespace(None)?);
+        }
+        linux.set_namespaces(Some(namespaces));
+        Ok(())
+    }
+
+    /// StartContainer: releases the init and starts watching for OOM kills.
+    pub async fn start(&self, id: &str) -> Result<()> {
+        let c = self.find(id)?;
+        c.with_engine(|e| e.start()).await?;
+        self.watch_oom(&c).await;
+        info!(subsystem = "container", container_id = %id, "container started");
+        Ok(())
+    }
+
+    async fn watch_oom(&self, c: &Arc<ContainerEntry>) {
+        let watcher = match c.with_engine(|e| e.oom_watcher()).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(subsystem = "container", container_id = %c.id, error = %e, "cannot watch OOM events");
+                return;
+            }
+        };
+        let tx = self.oom_tx.clone();
+        let id = c.id.clone();
+        std::thread::Builder::new()
+            .name("oom-watch".into())
+            .spawn(move || {
+                let mut watcher = watcher;
+                while let Ok(true) = watcher.wait() {
+                    if tx.blocking_send(id.clone()).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| warn!(error = %e, "cannot start the OOM watcher thread"));
+    }
+
+    /// GetOOMEvent: the id of the next container whose memory cgroup saw an OOM kill.
+    pub async fn next_oom_event(&self) -> Result<String> {
+        let mut rx = self.oom_rx.lock().await;
+        rx.recv()
+            .await
+            .ok_or_else(|| AgentError::unavailable("the agent is shutting down"))
+    }
+
+    /// ExecProcess: starts `process` in the container's namespaces and cgroup.
+    pub async fn exec(&self, agent: &Agent, id: &str, exec_id: &str, process: Process) -> Result<()> {
+        let c = self.find(id)?;
+        if exec_id.is_empty() {
+            return Err(AgentError::invalid_argument("exec_id must not be empty"));
+        }
+        {
+            let procs = c.processes.lock().unwrap();
+            if procs.contains_key(exec_id) || c.finished.lock().unwrap().contains_key(exec_id) {
+                return Err(AgentError::already_exists(format!(
+                    "exec_id {exec_id} already exists in container {id}"
+                )));
+            }
+        }
+        let terminal = process.terminal().unwrap_or(false);
+        let (parent, child) = io::create_stdio(terminal, agent.config.container_pipe_size)?;
+        let stdio = engine::Stdio {
+            stdin: child.stdin,
+            stdout: child.stdout,
+            stderr: child.stderr,
+        };
+        let (pid, exit) = c.with_engine(move |e| e.exec(&process, stdio)).await?;
+        let entry = Arc::new(ProcessEntry::new(exec_id.to_string(), pid, false, terminal, exit, parent));
+        let mut procs = c.processes.lock().unwrap();
+        if procs.contains_key(exec_id) {
+            // A concurrent ExecProcess with the same id won the race; ours must not run.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            return Err(AgentError::already_exists(format!(
+                "exec_id {exec_id} already exists in container {id}"
+            )));
+        }
+        procs.insert(exec_id.to_string(), entry);
+        Ok(())
+    }
+
+    /// SignalProcess. `exec_id == ""` with SIGKILL kills every process of the container.
+    pub async fn signal(&self, id: &str, exec_id: &str, signal: u32) -> Result<()> {
+        let sig = i32::try_from(signal)
+            .ok()
+            .filter(|s| (0..=64).contains(s))
+            .ok_or_else(|| AgentError::invalid_argument(format!("{signal} is not a signal number")))?;
+        let c = self.lookup(id)?;
+        if exec_id.is_empty() && sig == libc::SIGKILL {
+            return c.with_engine(move |e| e.signal_all(sig)).await;
+        }
+        let p = c.process(exec_id)?;
+        if p.exit.try_get().is_some() {
+            return Ok(()); // already gone: never signal a pid that may have been reused
+        }
+        let mut sig = sig;
+        if p.init && sig == libc::SIGTERM && !handles_sigterm(p.pid) {
+            // A pid-namespace init ignores signals it has no handler for; make SIGTERM effective.
+            sig = libc::SIGKILL;
+        }
+        // SAFETY: plain kill(2) on a pid we started and have not reaped.
+        let rc = unsafe { libc::kill(p.pid, sig) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ESRCH) {
+                return Err(AgentError::internal(format!(
+                    "cannot send signal {sig} to process {}: {err}",
+                    p.pid
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// WaitProcess: waits for the exit and returns its status; the process is then forgotten
+    /// (its unread output stays readable until end of stream).
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<i32> {
+        let c = self.lookup(id)?;
+        let p = c.process(exec_id)?;
+        let status = p.exit.wait().await;
+        let key = p.exec_id.clone();
+        let removed = c.processes.lock().unwrap().remove(&key);
+        if let Some(p) = removed {
+            p.stdin.lock().unwrap().take();
+            if !p.outputs_drained().await {
+                c.finished.lock().unwrap().insert(key, p);
+            }
+        }
+        Ok(status)
+    }
+
+    /// ReadStdout / ReadStderr.
+    pub async fn read(&self, id: &str, exec_id: &str, stderr: bool, len: u32) -> Result<Vec<u8>> {
+        const MAX_READ: u32 = 4 << 20; // replies are capped at 4 MiB by the transport
+        let c = self.lookup(id)?;
+        let p = c.process_for_read(exec_id)?;
+        let reader = if stderr { p.stderr() } else { p.stdout() }
+            .ok_or_else(|| AgentError::failed_precondition("the stream is closed"))?;
+        let len = len.min(MAX_READ - 1024) as usize;
+        let exit = p.exit.clone();
+        let data = reader.read(len, async move { let _ = exit.wait().await; }).await?;
+        if data.is_empty() {
+            // End of stream: a waited-for process is forgotten once both streams are done.
+            let key = p.exec_id.clone();
+            if p.outputs_drained().await {
+                c.finished.lock().unwrap().remove(&key);
+            }
+        }
+        Ok(data)
+    }
+
+    /// WriteStdin: writes all of `data` (empty data closes stdin). Returns the bytes written.
+    pub async fn write_stdin(&self, id: &str, exec_id: &str, data: &[u8]) -> Result<usize> {
+        let c = self.lookup(id)?;
+        let p = c.process(exec_id)?;
+        if data.is_empty() {
+            p.close_stdin().await?;
+            return Ok(0);
+        }
+        let writer = p
+            .stdin()
+            .ok_or_else(|| AgentError::failed_precondition("stdin of the process is closed"))?;
+        writer.write_all(data).await?;
+        Ok(data.len())
+    }
+
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let c = self.lookup(id)?;
+        c.process(exec_id)?.close_stdin().await
+    }
+
+    pub async fn resize_tty(&self, id: &str, exec_id: &str, rows: u32, cols: u32) -> Result<()> {
+        let c = self.lookup(id)?;
+        let p = c.process(exec_id)?;
+        let pty = p
+            .pty()
+            .ok_or_else(|| AgentError::unavailable("the process has no terminal"))?;
+        io::resize_pty(&pty, rows, cols)
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        self.lookup(id)?.with_engine(|e| e.pause()).await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        self.lookup(id)?.with_engine(|e| e.resume()).await
+    }
+
+    pub async fn update(&self, id: &str, resources: oci_spec::runtime::LinuxResources) -> Result<()> {
+        self.lookup(id)?.with_engine(move |e| e.update(&resources)).await
+    }
+
+    pub async fn stats(&self, id: &str) -> Result<engine::cgroups::Stats> {
+        self.lookup(id)?.with_engine(|e| e.stats()).await
+    }
+
+    /// RemoveContainer: kills every process, waits for them, releases everything.
+    pub async fn remove(&self, id: &str, timeout: Duration) -> Result<()> {
+        let c = self.find(id)?;
+        let limit = if timeout.is_zero() { Duration::from_secs(60) } else { timeout };
+        let result = c.with_engine(move |e| e.destroy(limit)).await;
+        if let Err(e) = result {
+            if e.code == ttrpc::Code::DEADLINE_EXCEEDED || !timeout.is_zero() && e.message.contains("timed out") {
+                return Err(AgentError::deadline_exceeded(format!(
+                    "container {id} was not removed within {} s: {}",
+                    limit.as_secs(),
+                    e.message
+                )));
+            }
+            return Err(e);
+        }
+        c.processes.lock().unwrap().clear();
+        c.finished.lock().unwrap().clear();
+        self.map.lock().unwrap().remove(id);
+        info!(subsystem = "container", container_id = %id, "container removed");
+        Ok(())
+    }
+
+    /// Removes every container (DestroySandbox, shutdown). The first failure is returned after
+    /// all containers were tried.
+    pub async fn remove_all(&self) -> Result<()> {
+        let mut first_err = None;
+        for id in self.ids() {
+            if let Err(e) = self.remove(&id, Duration::ZERO).await {
+                warn!(subsystem = "container", container_id = %id, error = %e, "cannot remove container");
+                first_err.get_or_insert(e);
+            }
+        }
+        self.sandbox_pidns.lock().unwrap().take();
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn pid_namespace(path: Option<PathBuf>) -> Result<LinuxNamespace> {
+    let mut b = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid);
+    if let Some(p) = path {
+        b = b.path(p);
+    }
+    b.build()
+        .map_err(|e| AgentError::internal(format!("cannot build the pid namespace entry: {e}")))
+}
+
+/// Appends the sandbox's guest hooks to the spec's own lists.
+fn merge_guest_hooks(spec: &mut Spec, guest: &crate::sandbox::GuestHooks) {
+    if guest.is_empty() {
+        return;
+    }
+    let mut hooks = spec.hooks().clone().unwrap_or_default();
+    let join = |own: &Option<Vec<oci_spec::runtime::Hook>>, extra: &[oci_spec::runtime::Hook]| {
+        let mut list = own.clone().unwrap_or_default();
+        list.extend(extra.iter().cloned());
+        (!list.is_empty()).then_some(list)
+    };
+    let prestart = join(hooks.prestart(), &guest.prestart);
+    let poststart = join(hooks.poststart(), &guest.poststart);
+    let poststop = join(hooks.poststop(), &guest.poststop);
+    hooks.set_prestart(prestart);
+    hooks.set_poststart(poststart);
+    hooks.set_poststop(poststop);
+    spec.set_hooks(Some(hooks));
+}
+
+/// Whether the process catches, ignores or blocks SIGTERM (from /proc/<pid>/status).
+fn handles_sigterm(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let bit = 1u64 << (libc::SIGTERM - 1);
+    status.lines().any(|line| {
+        ["SigBlk:", "SigIgn:", "SigCgt:"].iter().any(|key| {
+            line.strip_prefix(key)
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .is_some_and(|mask| mask & bit != 0)
+        })
+    })
+}

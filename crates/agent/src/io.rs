@@ -1,0 +1,387 @@
+//! Process stdio on the agent's side: pipes or a pty, and the read/write semantics of the
+//! ReadStdout / ReadStderr / WriteStdin / CloseStdin / TtyWinResize RPCs.
+//!
+//! The agent never copies a process's output anywhere: the bytes stay in the pipe (or pty) until a
+//! client reads them. A client that never reads only ever blocks the writing process, never the
+//! agent. Reads are non-blocking on the agent side (tokio `AsyncFd`), so a pending read holds no
+//! lock and stalls no other request.
+//!
+//! End of stream: a read returns empty data once every writer is gone (EOF), or once the process
+//! has exited and the stream is drained — so a daemon that inherited the pipe cannot keep a client
+//! waiting forever, and nothing the process wrote before exiting is lost.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Mutex;
+
+use crate::error::{AgentError, Result};
+
+/// How long a read that finds an empty stream after the process exited keeps waiting for late
+/// bytes (for example from a child that still holds the pipe) before reporting end of stream.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
+
+/// The child's ends of its stdio, handed to the engine.
+pub struct ChildStdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// The agent's ends of a process's stdio.
+pub struct ParentStdio {
+    pub stdin: Option<Arc<StreamWriter>>,
+    pub stdout: Option<Arc<StreamReader>>,
+    pub stderr: Option<Arc<StreamReader>>,
+    /// The pty master of a terminal process (also reachable as stdin/stdout).
+    pub pty: Option<Arc<OwnedFd>>,
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
+}
+
+/// Creates the stdio of a process: three pipes, or a pty for a terminal process.
+///
+/// `pipe_size` (> 0) resizes the stdout and stderr pipes, as `agent.container_pipe_size` asks.
+pub fn create_stdio(terminal: bool, pipe_size: i32) -> Result<(ParentStdio, ChildStdio)> {
+    let io_err = |what: &str, e: io::Error| AgentError::internal(format!("cannot create {what}: {e}"));
+    if terminal {
+        let pty = nix::pty::openpty(None, None)
+            .map_err(|e| io_err("a pty", e.into()))?;
+        let master = pty.master;
+        set_cloexec(&master).map_err(|e| io_err("a pty", e))?;
+        set_nonblocking(&master).map_err(|e| io_err("a pty", e))?;
+        let slave = pty.slave;
+        set_cloexec(&slave).map_err(|e| io_err("a pty", e))?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| io_err("a pty", e));
+        let child = ChildStdio {
+            stdin: Some(dup(&slave)?),
+            stdout: Some(dup(&slave)?),
+            stderr: Some(slave),
+        };
+        let master = Arc::new(master);
+        let reader = Arc::new(StreamReader::new(master.clone(), true)?);
+        let parent = ParentStdio {
+            stdin: Some(Arc::new(StreamWriter::new(master.clone())?)),
+            stdout: Some(reader.clone()),
+            stderr: Some(reader),
+            pty: Some(master),
+        };
+        return Ok((parent, child));
+    }
+    let (in_r, in_w) = pipe().map_err(|e| io_err("the stdin pipe", e))?;
+    let (out_r, out_w) = pipe().map_err(|e| io_err("the stdout pipe", e))?;
+    let (err_r, err_w) = pipe().map_err(|e| io_err("the stderr pipe", e))?;
+    if pipe_size > 0 {
+        for fd in [&out_r, &err_r] {
+            fcntl(fd.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(pipe_size)).map_err(|e| {
+                AgentError::internal(format!(
+                    "cannot set the pipe size to {pipe_size} bytes: {e}"
+                ))
+            })?;
+        }
+    }
+    for fd in [&in_w, &out_r, &err_r] {
+        set_nonblocking(fd).map_err(|e| io_err("a pipe", e))?;
+    }
+    let parent = ParentStdio {
+        stdin: Some(Arc::new(StreamWriter::new(Arc::new(in_w))?)),
+        stdout: Some(Arc::new(StreamReader::new(Arc::new(out_r), false)?)),
+        stderr: Some(Arc::new(StreamReader::new(Arc::new(err_r), false)?)),
+        pty: None,
+    };
+    let child = ChildStdio {
+        stdin: Some(in_r),
+        stdout: Some(out_w),
+        stderr: Some(err_w),
+    };
+    Ok((parent, child))
+}
+
+fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+/// A borrowed fd wrapper so that several owners can register the same fd with tokio.
+struct FdRef(Arc<OwnedFd>);
+
+impl AsRawFd for FdRef {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// The agent's read end of stdout, stderr or a pty master.
+pub struct StreamReader {
+    fd: AsyncFd<FdRef>,
+    is_pty: bool,
+    /// Serialises reads of one stream and remembers when the end was reached.
+    state: Mutex<ReaderState>,
+}
+
+#[derive(Default)]
+struct ReaderState {
+    eof: bool,
+}
+
+impl StreamReader {
+    fn new(fd: Arc<OwnedFd>, is_pty: bool) -> Result<StreamReader> {
+        Ok(StreamReader {
+            fd: AsyncFd::with_interest(FdRef(fd), tokio::io::Interest::READABLE)
+                .map_err(|e| AgentError::internal(format!("cannot watch a stream: {e}")))?,
+            is_pty,
+            state: Mutex::new(ReaderState::default()),
+        })
+    }
+
+    /// Whether end of stream has been returned already.
+    pub async fn at_eof(&self) -> bool {
+        self.state.lock().await.eof
+    }
+
+    /// Reads up to `len` bytes: waits until some are available, then returns what is there (filling
+    /// the buffer with as many reads as do not block). Empty data means end of stream.
+    ///
+    /// `exited` resolves once the process has exited; after that, an empty stream is reported as
+    /// end of stream after a short drain window even if some other process still holds a writer.
+    pub async fn read<F>(&self, len: usize, exited: F) -> Result<Vec<u8>>
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let mut state = self.state.lock().await;
+        if state.eof {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; len];
+        if len == 0 {
+            // Nothing can be returned; wait for readability like upstream does.
+            let _ = self.fd.readable().await;
+            return Ok(buf);
+        }
+        tokio::pin!(exited);
+        let mut exited_done = false;
+        loop {
+            match self.fill(&mut buf) {
+                Ok(0) => {
+                    state.eof = true;
+                    return Ok(Vec::new());
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // A pty master reports EIO once the last slave fd is closed: end of stream.
+                Err(e) if self.is_pty && e.raw_os_error() == Some(libc::EIO) => {
+                    state.eof = true;
+                    return Ok(Vec::new());
+                }
+                Err(e) => {
+                    return Err(AgentError::internal(format!("cannot read the stream: {e}")));
+                }
+            }
+            if exited_done {
+                // The process is gone and the stream is empty: give late bytes a short window.
+                match tokio::time::timeout(DRAIN_AFTER_EXIT, self.fd.readable()).await {
+                    Ok(Ok(mut guard)) => guard.clear_ready(),
+                    Ok(Err(e)) => return Err(AgentError::internal(e.to_string())),
+                    Err(_) => {
+                        state.eof = true;
+                        return Ok(Vec::new());
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                ready = self.fd.readable() => match ready {
+                    Ok(mut guard) => guard.clear_ready(),
+                    Err(e) => return Err(AgentError::internal(e.to_string())),
+                },
+                _ = &mut exited => exited_done = true,
+            }
+        }
+    }
+
+    /// Non-blocking reads into `buf` until it is full or the stream has nothing more right now.
+    fn fill(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match nix::unistd::read(self.fd.get_ref().0.as_raw_fd(), &mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    if filled > 0 {
+                        break;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(filled)
+    }
+}
+
+/// The agent's write end of stdin (a pipe or the pty master).
+pub struct StreamWriter {
+    fd: AsyncFd<FdRef>,
+    lock: Mutex<()>,
+}
+
+impl StreamWriter {
+    fn new(fd: Arc<OwnedFd>) -> Result<StreamWriter> {
+        Ok(StreamWriter {
+            fd: AsyncFd::with_interest(FdRef(fd), tokio::io::Interest::WRITABLE)
+                .map_err(|e| AgentError::internal(format!("cannot watch stdin: {e}")))?,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// Writes all of `data`, waiting (without blocking the agent) while the pipe is full.
+    pub async fn write_all(&self, data: &[u8]) -> Result<()> {
+        let _serial = self.lock.lock().await;
+        let mut done = 0;
+        while done < data.len() {
+            let mut guard = self
+                .fd
+                .writable()
+                .await
+                .map_err(|e| AgentError::internal(format!("cannot write stdin: {e}")))?;
+            match guard.try_io(|inner| {
+                nix::unistd::write(inner.get_ref().0.as_fd(), &data[done..]).map_err(io::Error::from)
+            }) {
+                Ok(Ok(n)) => done += n,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => {
+                    return Err(AgentError::internal(format!("cannot write stdin: {e}")))
+                }
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets the window size of a pty.
+pub fn resize_pty(master: &OwnedFd, rows: u32, cols: u32) -> Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows.min(u16::MAX as u32) as u16,
+        ws_col: cols.min(u16::MAX as u32) as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct from the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if rc != 0 {
+        return Err(AgentError::internal(format!(
+            "cannot resize the terminal: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Opens `/dev/null` for a stdio slot nobody asked for.
+#[allow(dead_code)]
+pub fn dev_null() -> io::Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: open returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::pending;
+
+    #[tokio::test]
+    async fn pipe_round_trip_and_eof() {
+        let (parent, child) = create_stdio(false, 0).unwrap();
+        let out_w = child.stdout.unwrap();
+        nix::unistd::write(&out_w, b"hello").unwrap();
+        let reader = parent.stdout.unwrap();
+        let data = reader.read(1024, pending()).await.unwrap();
+        assert_eq!(data, b"hello");
+        drop(out_w);
+        assert!(reader.read(1024, pending()).await.unwrap().is_empty());
+        assert!(reader.at_eof().await);
+    }
+
+    #[tokio::test]
+    async fn exited_process_with_lingering_writer_reaches_eof_after_drain() {
+        let (parent, child) = create_stdio(false, 0).unwrap();
+        let out_w = child.stdout.unwrap();
+        nix::unistd::write(&out_w, b"last words").unwrap();
+        let reader = parent.stdout.unwrap();
+        // The writer is still open (a daemon holds it) but the process has exited.
+        let data = reader.read(4, std::future::ready(())).await.unwrap();
+        assert_eq!(data, b"last");
+        let data = reader.read(100, std::future::ready(())).await.unwrap();
+        assert_eq!(data, b" words");
+        assert!(reader.read(100, std::future::ready(())).await.unwrap().is_empty());
+        drop(out_w);
+    }
+
+    #[tokio::test]
+    async fn stdin_writer_delivers_more_than_a_pipe_buffer() {
+        let (parent, child) = create_stdio(false, 0).unwrap();
+        let stdin_r = child.stdin.unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = nix::unistd::read(stdin_r.as_raw_fd(), &mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        let writer = parent.stdin.unwrap();
+        writer.write_all(&data).await.unwrap();
+        drop(writer);
+        drop(parent.stdout);
+        assert_eq!(reader.join().unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn pipe_size_is_applied() {
+        let (parent, _child) = create_stdio(false, 1 << 20).unwrap();
+        let fd = parent.stdout.unwrap().fd.get_ref().0.as_raw_fd();
+        let size = fcntl(fd, FcntlArg::F_GETPIPE_SZ).unwrap();
+        assert_eq!(size, 1 << 20);
+    }
+
+    #[tokio::test]
+    async fn pty_reads_and_resizes() {
+        let (parent, child) = create_stdio(true, 0).unwrap();
+        let slave = child.stdout.unwrap();
+        nix::unistd::write(&slave, b"tty!").unwrap();
+        let data = parent.stdout.as_ref().unwrap().read(64, pending()).await.unwrap();
+        assert!(String::from_utf8_lossy(&data).contains("tty!"));
+        resize_pty(parent.pty.as_ref().unwrap(), 40, 120).unwrap();
+        drop(slave);
+        drop(child.stdin);
+        drop(child.stderr);
+        assert!(parent.stdout.unwrap().read(64, pending()).await.unwrap().is_empty());
+    }
+}

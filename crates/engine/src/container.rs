@@ -1,0 +1,819 @@
+//! Engine side of a container: create, start, exec, signal, pause, destroy.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+use oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Process, Spec};
+
+use crate::cgroups::{self, Cgroup};
+use crate::reaper::{self, ExitWatch};
+use crate::setup::{Kind, Namespace, Setup};
+use crate::sync::{recv, send, ToChild, ToParent};
+use crate::validate::{validate_container_id, validate_process_args, validate_spec};
+use crate::{EngineConfig, Error, Result, Stdio};
+
+/// How long the engine waits for any single message of the setup process.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a failed setup waits for its processes to die before cleaning up.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(5);
+
+/// Life-cycle state of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Init is waiting for start.
+    Created,
+    /// Started (init may have exited since; see [`Container::status`]).
+    Running,
+    /// Frozen.
+    Paused,
+    /// Init has exited, or the container was destroyed.
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// A container created by [`Container::create`].
+#[derive(Debug)]
+pub struct Container {
+    id: String,
+    spec: Spec,
+    bundle: PathBuf,
+    init_exe: PathBuf,
+    init_args: Vec<String>,
+    cgroup: Cgroup,
+    init_pid: i32,
+    init_exit: ExitWatch,
+    /// Pinned namespaces of the init that differ from the engine's own.
+    namespaces: Vec<(LinuxNamespaceType, File)>,
+    started: bool,
+    paused: bool,
+    destroyed: bool,
+    created_bundle: bool,
+}
+
+/// Whatever `create` has done so far, for rollback.
+#[derive(Default)]
+struct Undo {
+    bundle: Option<PathBuf>,
+    created_bundle: bool,
+    fifo: bool,
+    rootfs_mounted: Option<PathBuf>,
+    cgroup: Option<Cgroup>,
+}
+
+impl Undo {
+    fn run(self) {
+        if let Some(cg) = &self.cgroup {
+            // Whatever setup process is still in the cgroup must go first.
+            let deadline = Instant::now() + ROLLBACK_WAIT;
+            while let Ok(pids) = cg.pids() {
+                if pids.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+                for pid in pids {
+                    let _ = kill(pid, libc::SIGKILL);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if let Err(e) = cg.destroy() {
+                tracing::warn!("rollback: {e:#}");
+            }
+        }
+        if let Some(r) = &self.rootfs_mounted {
+            let _ = crate::fsutil::unmount_all_under(r);
+        }
+        if let Some(b) = &self.bundle {
+            if self.created_bundle {
+                let _ = crate::fsutil::unmount_all_under(b);
+                let _ = std::fs::remove_dir_all(b);
+            } else {
+                if self.fifo {
+                    let _ = std::fs::remove_file(b.join("exec.fifo"));
+                }
+                let _ = std::fs::remove_file(b.join("config.json"));
+                if self.rootfs_mounted.is_some() {
+                    let _ = std::fs::remove_dir(b.join("rootfs"));
+                }
+            }
+        }
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> Error {
+    Error::Other(e.to_string())
+}
+
+fn cgroup_err(e: anyhow::Error) -> Error {
+    Error::Other(format!("{e:#}"))
+}
+
+/// The cgroup path of a container (`:` separators become `/`; empty → `/<id>`).
+pub(crate) fn cgroup_path(spec: &Spec, id: &str) -> String {
+    let raw = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().replace(':', "/"))
+        .unwrap_or_default();
+    let trimmed = raw.trim_matches('/');
+    if trimmed.is_empty() {
+        format!("/{id}")
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+fn kill(pid: i32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill with integer arguments.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+}
+
+fn hooks_of(
+    spec: &Spec,
+    pick: impl Fn(&oci_spec::runtime::Hooks) -> &Option<Vec<Hook>>,
+) -> Vec<Hook> {
+    spec.hooks()
+        .as_ref()
+        .and_then(|h| pick(h).clone())
+        .unwrap_or_default()
+}
+
+impl Container {
+    /// Creates a container: validates `id` and `spec`, creates the bundle and
+    /// the cgroup, and starts the init process, which ends blocked on the
+    /// start barrier. On failure everything is rolled back.
+    pub fn create(cfg: &EngineConfig, id: &str, mut spec: Spec, stdio: Stdio) -> Result<Container> {
+        validate_container_id(id)?;
+        validate_spec(&spec)?;
+        reaper::start();
+
+        let bundle = cfg.run_dir.join(id);
+        let mut undo = Undo::default();
+        std::fs::create_dir_all(&cfg.run_dir)
+            .map_err(|e| other(format!("cannot create {}: {e}", cfg.run_dir.display())))?;
+        match std::fs::create_dir(&bundle) {
+            Ok(()) => undo.created_bundle = true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(other(format!(
+                    "cannot create the bundle {}: {e}",
+                    bundle.display()
+                )))
+            }
+        }
+        undo.bundle = Some(bundle.clone());
+        // The FIFO doubles as the lock of the container id: it lives as long as the container.
+        if let Err(e) = nix::unistd::mkfifo(
+            &bundle.join("exec.fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        ) {
+            let err = if e == nix::errno::Errno::EEXIST {
+                Error::AlreadyExists(format!("The container {id} already exists."))
+            } else {
+                other(format!("cannot create the start FIFO of {id}: {e}"))
+            };
+            if undo.created_bundle {
+                undo.run();
+            }
+            return Err(err);
+        }
+        undo.fifo = true;
+
+        let result = Self::create_inner(cfg, id, &mut spec, stdio, &bundle, &mut undo);
+        match result {
+            Ok((init_pid, init_exit, namespaces, cgroup)) => Ok(Container {
+                id: id.to_string(),
+                spec,
+                bundle,
+                init_exe: cfg.init_exe.clone(),
+                init_args: cfg.init_args.clone(),
+                cgroup,
+                init_pid,
+                init_exit,
+                namespaces,
+                started: false,
+                paused: false,
+                destroyed: false,
+                created_bundle: undo.created_bundle,
+            }),
+            Err(e) => {
+                undo.run();
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn create_inner(
+        cfg: &EngineConfig,
+        id: &str,
+        spec: &mut Spec,
+        stdio: Stdio,
+        bundle: &Path,
+        undo: &mut Undo,
+    ) -> Result<(i32, ExitWatch, Vec<(LinuxNamespaceType, File)>, Cgroup)> {
+        // Root: the bundle's rootfs, bind-mounted from root.path unless
+        // something (a storage) is already there.
+        let bundle_rootfs = bundle.join("rootfs");
+        let mut root = spec
+            .root()
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("The spec has no root section.".into()))?;
+        if root.path() != &bundle_rootfs {
+            if !bundle_rootfs.exists() {
+                std::fs::create_dir(&bundle_rootfs).map_err(|e| {
+                    other(format!("cannot create {}: {e}", bundle_rootfs.display()))
+                })?;
+                mount(
+                    Some(root.path()),
+                    &bundle_rootfs,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(|e| {
+                    other(format!(
+                        "cannot bind-mount the root {}: {e}",
+                        root.path().display()
+                    ))
+                })?;
+                undo.rootfs_mounted = Some(bundle_rootfs.clone());
+            }
+            root.set_path(bundle_rootfs.clone());
+            spec.set_root(Some(root));
+        }
+        if let Ok(json) = serde_json::to_vec_pretty(&*spec) {
+            let _ = std::fs::write(bundle.join("config.json"), json);
+        }
+
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .unwrap_or_default();
+        let cg = Cgroup::create(&cfg.cgroups, &cgroup_path(spec, id), Some(&resources))
+            .map_err(cgroup_err)?;
+        undo.cgroup = Some(cg.clone());
+
+        let process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("The spec has no process section.".into()))?;
+        let mut namespaces = Vec::new();
+        for ns in spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default()
+        {
+            if namespaces.iter().any(|n: &Namespace| n.typ == ns.typ()) {
+                continue; // the first entry of a type wins
+            }
+            let path = ns.path().clone().filter(|p| !p.as_os_str().is_empty());
+            namespaces.push(Namespace {
+                typ: ns.typ(),
+                path,
+            });
+        }
+        let setup = Setup {
+            kind: Kind::Init,
+            id: id.to_string(),
+            spec: spec.clone(),
+            process,
+            bundle: bundle.to_path_buf(),
+            namespaces,
+            no_pivot: cfg.no_pivot_root,
+        };
+        let (pid, exit) = spawn(
+            &cfg.init_exe,
+            &cfg.init_args,
+            &setup,
+            stdio,
+            &cg,
+            spec,
+            bundle,
+        )?;
+        let pinned = match pin_namespaces(pid) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = kill(pid, libc::SIGKILL);
+                let _ = exit.wait_timeout(ROLLBACK_WAIT);
+                return Err(e);
+            }
+        };
+        Ok((pid, exit, pinned, cg))
+    }
+
+    /// Container id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The spec as used (root path rewritten to the bundle rootfs, resources updated).
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// The bundle directory.
+    pub fn bundle(&self) -> &Path {
+        &self.bundle
+    }
+
+    /// The cgroup of the container.
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
+    /// Pid of the init process (in the engine's pid namespace).
+    pub fn init_pid(&self) -> i32 {
+        self.init_pid
+    }
+
+    /// Exit of the init process.
+    pub fn init_exit(&self) -> ExitWatch {
+        self.init_exit.clone()
+    }
+
+    /// Current state: destroyed or init exited → Stopped; frozen → Paused;
+    /// started → Running; else Created.
+    pub fn status(&self) -> Status {
+        if self.destroyed || self.init_exit.try_get().is_some() {
+            Status::Stopped
+        } else if self.paused {
+            Status::Paused
+        } else if self.started {
+            Status::Running
+        } else {
+            Status::Created
+        }
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        if self.destroyed {
+            return Err(other(format!(
+                "The container {} has been destroyed.",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    fn state(&self, status: &str) -> Vec<u8> {
+        let pid = if self.init_exit.try_get().is_some() {
+            0
+        } else {
+            self.init_pid
+        };
+        crate::hooks::state_json(&self.spec, &self.id, status, pid, &self.bundle)
+    }
+
+    /// Releases the init from the start barrier, then runs poststart hooks.
+    /// Fails (never blocks) when nobody waits on the barrier: already
+    /// started, or init gone.
+    pub fn start(&mut self) -> Result<()> {
+        self.check_alive()?;
+        let fifo = self.bundle.join("exec.fifo");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&fifo)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENXIO) {
+                    other(format!(
+                        "The container {} cannot be started: its init process is not waiting for start (already started, or exited).",
+                        self.id
+                    ))
+                } else {
+                    other(format!("cannot open the start FIFO of {}: {e}", self.id))
+                }
+            })?;
+        f.write_all(&[0])
+            .map_err(|e| other(format!("cannot start the container {}: {e}", self.id)))?;
+        drop(f);
+        self.started = true;
+        let hooks = hooks_of(&self.spec, |h| h.poststart());
+        if let Err(e) = crate::hooks::run_in_engine(&hooks, &self.state("running")) {
+            tracing::warn!("container {}: poststart hook failed: {e:#}", self.id);
+        }
+        Ok(())
+    }
+
+    /// Runs another process in the container (all its namespaces, its cgroup).
+    /// Returns once the process is about to exec; a setup failure (e.g. the
+    /// binary does not exist) is an error of this call.
+    pub fn exec(&self, process: &Process, stdio: Stdio) -> Result<(i32, ExitWatch)> {
+        self.check_alive()?;
+        validate_process_args(process.args().as_deref())?;
+        let mut process = process.clone();
+        if process.capabilities().is_none() {
+            let caps = self
+                .spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.capabilities().clone());
+            process.set_capabilities(caps);
+        }
+        let me = std::process::id();
+        let namespaces = self
+            .namespaces
+            .iter()
+            .map(|(t, f)| Namespace {
+                typ: *t,
+                path: Some(PathBuf::from(format!("/proc/{me}/fd/{}", f.as_raw_fd()))),
+            })
+            .collect();
+        let setup = Setup {
+            kind: Kind::Exec,
+            id: self.id.clone(),
+            spec: self.spec.clone(),
+            process,
+            bundle: self.bundle.clone(),
+            namespaces,
+            no_pivot: false,
+        };
+        spawn(
+            &self.init_exe,
+            &self.init_args,
+            &setup,
+            stdio,
+            &self.cgroup,
+            &self.spec,
+            &self.bundle,
+        )
+    }
+
+    /// Sends a signal to one process (ESRCH counts as success). SIGTERM to an
+    /// init that is pid 1 of its namespace and does not handle SIGTERM would
+    /// be ignored by the kernel, so it becomes SIGKILL.
+    pub fn signal(&self, pid: i32, sig: i32) -> Result<()> {
+        let mut sig = sig;
+        if pid == self.init_pid && sig == libc::SIGTERM && self.init_ignores_sigterm() {
+            sig = libc::SIGKILL;
+        }
+        kill(pid, sig).map_err(|e| other(format!("cannot signal process {pid}: {e}")))
+    }
+
+    fn init_ignores_sigterm(&self) -> bool {
+        let has_pidns = self
+            .namespaces
+            .iter()
+            .any(|(t, _)| *t == LinuxNamespaceType::Pid);
+        if !has_pidns {
+            return false;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.init_pid)) else {
+            return false;
+        };
+        let mask = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0)
+        };
+        let bit = 1u64 << (libc::SIGTERM - 1);
+        (mask("SigCgt:") | mask("SigIgn:") | mask("SigBlk:")) & bit == 0
+    }
+
+    /// Sends a signal to every process of the container's cgroup (frozen
+    /// while signalling, so that no new process escapes).
+    pub fn signal_all(&self, sig: i32) -> Result<()> {
+        let frozen = self.cgroup.freeze().is_ok();
+        let res = (|| {
+            let mut pids = self.cgroup.pids().map_err(cgroup_err)?;
+            if self.init_exit.try_get().is_none() && !pids.contains(&self.init_pid) {
+                pids.push(self.init_pid);
+            }
+            for pid in pids {
+                kill(pid, sig).map_err(|e| other(format!("cannot signal process {pid}: {e}")))?;
+            }
+            Ok(())
+        })();
+        if frozen && !self.paused {
+            let _ = self.cgroup.thaw();
+        }
+        res
+    }
+
+    /// Freezes the container.
+    pub fn pause(&mut self) -> Result<()> {
+        self.check_alive()?;
+        self.cgroup.freeze().map_err(cgroup_err)?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Thaws the container.
+    pub fn resume(&mut self) -> Result<()> {
+        self.check_alive()?;
+        self.cgroup.thaw().map_err(cgroup_err)?;
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Applies new resource limits and records them in the spec.
+    pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
+        self.check_alive()?;
+        self.cgroup.apply(resources, true).map_err(cgroup_err)?;
+        if let Some(linux) = self.spec.linux_mut() {
+            linux.set_resources(Some(resources.clone()));
+        }
+        Ok(())
+    }
+
+    /// Cgroup statistics.
+    pub fn stats(&self) -> Result<cgroups::Stats> {
+        self.cgroup.stats().map_err(cgroup_err)
+    }
+
+    /// Kills every process of the container, waits (at most `timeout`) until
+    /// they are gone, runs poststop hooks, removes the cgroup, unmounts and
+    /// removes the bundle. Idempotent; on a timeout nothing is removed and
+    /// the call can be repeated.
+    pub fn destroy(&mut self, timeout: Duration) -> Result<()> {
+        if self.destroyed {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let _ = self.signal_all(libc::SIGKILL);
+            let _ = self.cgroup.thaw();
+            let empty = self.cgroup.pids().map(|p| p.is_empty()).unwrap_or(true);
+            let init_gone = self.init_exit.try_get().is_some()
+                || !Path::new(&format!("/proc/{}", self.init_pid)).exists();
+            if empty && init_gone {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(other(format!(
+                    "The processes of container {} did not exit within {} ms after SIGKILL.",
+                    self.id,
+                    timeout.as_millis()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.paused = false;
+        let hooks = hooks_of(&self.spec, |h| h.poststop());
+        if let Err(e) = crate::hooks::run_in_engine(&hooks, &self.state("stopped")) {
+            tracing::warn!("container {}: poststop hook failed: {e:#}", self.id);
+        }
+        self.namespaces.clear();
+        self.cgroup.destroy().map_err(cgroup_err)?;
+        crate::fsutil::unmount_all_under(&self.bundle.join("rootfs"))
+            .map_err(|e| other(format!("cannot unmount the rootfs of {}: {e}", self.id)))?;
+        let res = if self.created_bundle {
+            crate::fsutil::unmount_all_under(&self.bundle)
+                .and_then(|_| std::fs::remove_dir_all(&self.bundle))
+        } else {
+            let _ = std::fs::remove_file(self.bundle.join("config.json"));
+            let _ = std::fs::remove_dir(self.bundle.join("rootfs"));
+            std::fs::remove_file(self.bundle.join("exec.fifo"))
+        };
+        match res {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(other(format!(
+                    "cannot remove the bundle of {}: {e}",
+                    self.id
+                )))
+            }
+        }
+        self.destroyed = true;
+        Ok(())
+    }
+}
+
+/// Opens `/proc/<pid>/ns/*` for every namespace type in which the process
+/// differs from the engine, so exec can join them even after init exited.
+fn pin_namespaces(pid: i32) -> Result<Vec<(LinuxNamespaceType, File)>> {
+    use LinuxNamespaceType as T;
+    let mut out = Vec::new();
+    for (t, name) in [
+        (T::User, "user"),
+        (T::Ipc, "ipc"),
+        (T::Uts, "uts"),
+        (T::Network, "net"),
+        (T::Pid, "pid"),
+        (T::Cgroup, "cgroup"),
+        (T::Time, "time"),
+        (T::Mount, "mnt"),
+    ] {
+        let own = Path::new("/proc/self/ns").join(name);
+        if !own.exists() {
+            continue;
+        }
+        let f = File::open(format!("/proc/{pid}/ns/{name}")).map_err(|e| {
+            other(format!(
+                "cannot pin the {name} namespace of process {pid}: {e}"
+            ))
+        })?;
+        let mine = std::fs::metadata(&own).map_err(other)?;
+        let theirs = f.metadata().map_err(other)?;
+        if mine.ino() != theirs.ino() || mine.dev() != theirs.dev() {
+            out.push((t, f));
+        }
+    }
+    Ok(out)
+}
+
+fn to_stdio(fd: Option<OwnedFd>) -> std::process::Stdio {
+    match fd {
+        Some(fd) => std::process::Stdio::from(fd),
+        None => std::process::Stdio::null(),
+    }
+}
+
+/// Writes `/proc/<pid>/{uid,gid}_map` from the spec.
+fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    for (file, maps) in [
+        ("uid_map", linux.and_then(|l| l.uid_mappings().clone())),
+        ("gid_map", linux.and_then(|l| l.gid_mappings().clone())),
+    ] {
+        let text: String = maps
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m.size() > 0)
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect();
+        std::fs::write(format!("/proc/{pid}/{file}"), text)
+            .map_err(|e| other(format!("cannot write the {file} of the container: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Starts a setup process for `setup` and drives the sync protocol until the
+/// container process is ready. On failure every process started is killed.
+fn spawn(
+    exe: &Path,
+    args: &[String],
+    setup: &Setup,
+    stdio: Stdio,
+    cgroup: &Cgroup,
+    spec: &Spec,
+    bundle: &Path,
+) -> Result<(i32, ExitWatch)> {
+    reaper::start();
+    let (mut parent, child) = UnixStream::pair().map_err(other)?;
+    // Keep the child's end away from fds 0-2, which Command rewires first.
+    let child_fd = nix::fcntl::fcntl(child.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+        .map_err(other)?;
+    drop(child);
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env_clear()
+        .env(crate::child::SYNC_FD_ENV, "3")
+        .stdin(to_stdio(stdio.stdin))
+        .stdout(to_stdio(stdio.stdout))
+        .stderr(to_stdio(stdio.stderr));
+    // SAFETY: the closure only calls dup2, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(child_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let spawned = {
+        let _g = reaper::guard();
+        cmd.spawn().map(|c| {
+            let pid = c.id() as i32;
+            (pid, reaper::watch_new(pid))
+        })
+    };
+    // SAFETY: child_fd is our duplicate, used by nobody else.
+    unsafe { libc::close(child_fd) };
+    drop(cmd);
+    let (mid_pid, mid_exit) =
+        spawned.map_err(|e| other(format!("cannot start {}: {e}", exe.display())))?;
+
+    let mut grandchild: Option<(i32, ExitWatch)> = None;
+    let result = drive(
+        &mut parent,
+        mid_pid,
+        setup,
+        cgroup,
+        spec,
+        bundle,
+        &mut grandchild,
+    );
+    match result {
+        Ok(()) => match grandchild {
+            Some(g) => Ok(g),
+            None => Err(other(
+                "the setup process never reported the container process",
+            )),
+        },
+        Err(e) => {
+            let _ = kill(mid_pid, libc::SIGKILL);
+            if let Some((pid, exit)) = &grandchild {
+                let _ = kill(*pid, libc::SIGKILL);
+                let _ = exit.wait_timeout(ROLLBACK_WAIT);
+            }
+            let _ = mid_exit.wait_timeout(ROLLBACK_WAIT);
+            Err(e)
+        }
+    }
+}
+
+fn drive(
+    sock: &mut UnixStream,
+    mid_pid: i32,
+    setup: &Setup,
+    cgroup: &Cgroup,
+    spec: &Spec,
+    bundle: &Path,
+    grandchild: &mut Option<(i32, ExitWatch)>,
+) -> Result<()> {
+    cgroup.add_pid(mid_pid).map_err(cgroup_err)?;
+    sock.set_read_timeout(Some(SETUP_TIMEOUT)).map_err(other)?;
+    send(sock, &ToChild::Setup(Box::new(setup.clone())))
+        .map_err(|e| other(format!("cannot send the setup data: {e}")))?;
+    loop {
+        let msg = recv::<ToParent>(sock)
+            .map_err(|e| other(format!("the setup of the container process failed: {e}")))?;
+        match msg {
+            None => {
+                return Err(other(
+                    "the container process exited during setup without reporting an error",
+                ));
+            }
+            Some(ToParent::Error(m)) => return Err(Error::Other(m)),
+            Some(ToParent::NeedIdMaps) => {
+                let reply = match write_id_maps(mid_pid, spec) {
+                    Ok(()) => ToChild::Ok,
+                    Err(e) => {
+                        let _ = send(sock, &ToChild::Abort(e.to_string()));
+                        return Err(e);
+                    }
+                };
+                send(sock, &reply).map_err(other)?;
+            }
+            Some(ToParent::Pid(pid)) => {
+                *grandchild = Some((pid, reaper::watch(pid)));
+                send(sock, &ToChild::Ok).map_err(other)?;
+            }
+            Some(ToParent::RunHooks) => {
+                let pid = grandchild.as_ref().map(|g| g.0).unwrap_or(0);
+                let state = crate::hooks::state_json(spec, &setup.id, "created", pid, bundle);
+                #[allow(deprecated)]
+                let mut hooks = hooks_of(spec, |h| h.prestart());
+                hooks.extend(hooks_of(spec, |h| h.create_runtime()));
+                if let Err(e) = crate::hooks::run_in_engine(&hooks, &state) {
+                    let msg = format!("a prestart or createRuntime hook failed: {e:#}");
+                    let _ = send(sock, &ToChild::Abort(msg.clone()));
+                    return Err(Error::Other(msg));
+                }
+                send(sock, &ToChild::Ok).map_err(other)?;
+            }
+            Some(ToParent::Ready) => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths() {
+        let mut spec = Spec::default();
+        assert_eq!(cgroup_path(&spec, "abc"), "/abc");
+        let mut l = spec.linux().clone().unwrap();
+        l.set_cgroups_path(Some("kubepods.slice:cri:abc".into()));
+        spec.set_linux(Some(l.clone()));
+        assert_eq!(cgroup_path(&spec, "x"), "/kubepods.slice/cri/abc");
+        l.set_cgroups_path(Some("/a/b".into()));
+        spec.set_linux(Some(l));
+        assert_eq!(cgroup_path(&spec, "x"), "/a/b");
+    }
+}

@@ -1,0 +1,260 @@
+//! File system helpers: path resolution confined to a root, mount table queries.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Opens `path` as if `root` were `/`: absolute symlinks and `..` cannot leave it.
+pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let c = cstr(rel)?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: mode as u64,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    loop {
+        // SAFETY: openat2 with a valid path pointer and a properly sized struct.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root,
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel just returned this fd to us.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        let e = io::Error::last_os_error();
+        // EAGAIN: a concurrent rename raced with the lookup; retry.
+        if e.raw_os_error() != Some(libc::EAGAIN) && e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// `mkdir -p` of `path` inside `root`, every component resolved inside it.
+/// Returns an `O_PATH` fd on the directory.
+pub fn mkdir_all_in_root(root: RawFd, path: &Path, mode: u32) -> io::Result<OwnedFd> {
+    mkdir_all_depth(root, path, mode, 0)
+}
+
+fn mkdir_all_depth(root: RawFd, path: &Path, mode: u32, depth: u32) -> io::Result<OwnedFd> {
+    if depth > 40 {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let mut cur = PathBuf::from("/");
+    let mut dir = open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    let comps: Vec<Component> = path.components().collect();
+    for (i, comp) in comps.iter().enumerate() {
+        let name = match *comp {
+            Component::Normal(n) => n,
+            Component::RootDir | Component::CurDir => continue,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} contains '..'", path.display()),
+                ))
+            }
+        };
+        cur.push(name);
+        match open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY, 0) {
+            Ok(fd) => dir = fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let c = cstr(Path::new(name))?;
+                // SAFETY: mkdirat relative to a directory fd we own.
+                if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) } != 0 {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::EEXIST) {
+                        return Err(e);
+                    }
+                    // A dangling symlink: create its target, read as a path
+                    // inside the root, followed by the rest of `path`.
+                    if let Ok(target) = nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
+                        let target = Path::new(&target);
+                        let mut next = if target.is_absolute() {
+                            target.to_path_buf()
+                        } else {
+                            cur.parent().unwrap_or(Path::new("/")).join(target)
+                        };
+                        for rest in &comps[i + 1..] {
+                            next.push(rest);
+                        }
+                        return mkdir_all_depth(
+                            root,
+                            &crate::validate::clean(&next),
+                            mode,
+                            depth + 1,
+                        );
+                    }
+                }
+                dir = open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(dir)
+}
+
+/// Creates (if missing) a regular file at `path` inside `root`, parents included.
+pub fn create_file_in_root(root: RawFd, path: &Path) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        mkdir_all_in_root(root, parent, 0o755)?;
+    }
+    match open_in_root(root, path, libc::O_PATH, 0) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            open_in_root(root, path, libc::O_CREAT | libc::O_WRONLY, 0o644).map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The `/proc/self/fd/N` path naming an open fd (used as a mount target so the
+/// kernel uses exactly the inode we resolved).
+pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// One line of `/proc/<pid>/mountinfo`.
+#[derive(Debug, Clone)]
+pub struct MountInfo {
+    /// Root of the mount within its file system.
+    pub root: PathBuf,
+    /// Mount point.
+    pub mount_point: PathBuf,
+    /// Optional fields (e.g. `shared:1`).
+    pub optional: String,
+    /// File system type.
+    pub fstype: String,
+    /// Super block options.
+    pub super_opts: String,
+}
+
+/// Undoes the octal escapes of mountinfo (`\040` for a space, ...).
+fn unescape(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+}
+
+/// Parses mountinfo text.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let f: Vec<&str> = pre.split(' ').collect();
+            let g: Vec<&str> = post.split(' ').collect();
+            if f.len() < 6 || g.len() < 3 {
+                return None;
+            }
+            Some(MountInfo {
+                root: unescape(f[3]),
+                mount_point: unescape(f[4]),
+                optional: f[6..].join(" "),
+                fstype: g[0].to_string(),
+                super_opts: g[2].to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The mount table of this process.
+pub fn mountinfo() -> io::Result<Vec<MountInfo>> {
+    Ok(parse_mountinfo(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
+}
+
+/// Detaches every mount at or below `dir` (deepest first).
+pub fn unmount_all_under(dir: &Path) -> io::Result<()> {
+    for _ in 0..64 {
+        let mut points: Vec<PathBuf> = mountinfo()?
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|m| m.starts_with(dir))
+            .collect();
+        if points.is_empty() {
+            return Ok(());
+        }
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in points {
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    Err(io::Error::other(format!(
+        "mounts below {} cannot be removed",
+        dir.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_parsing() {
+        let t = "36 35 98:0 /mnt1 /mnt\\0402 rw,noatime master:1 shared:2 - ext3 /dev/root rw,errors=continue\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].mount_point, PathBuf::from("/mnt 2"));
+        assert_eq!(m[0].root, PathBuf::from("/mnt1"));
+        assert_eq!(m[0].fstype, "ext3");
+        assert!(m[0].optional.contains("shared:2"));
+        assert_eq!(m[0].super_opts, "rw,errors=continue");
+    }
+
+    #[test]
+    fn confined_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/", dir.path().join("up")).unwrap();
+        std::os::unix::fs::symlink("../../../..", dir.path().join("up2")).unwrap();
+        let root = std::fs::File::open(dir.path()).unwrap();
+        let fd = mkdir_all_in_root(root.as_raw_fd(), Path::new("/up/up2/made"), 0o755).unwrap();
+        drop(fd);
+        assert!(dir.path().join("made").is_dir());
+        create_file_in_root(root.as_raw_fd(), Path::new("/up/f")).unwrap();
+        assert!(dir.path().join("f").is_file());
+        assert!(mkdir_all_in_root(root.as_raw_fd(), Path::new("/a/../b"), 0o755).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds kata-agent as a statically linked release binary (glibc with crt-static; musl where its
+# target is installed), so that it can run as init of a minimal guest image.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=x86_64-unknown-linux-gnu
+if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+    target=x86_64-unknown-linux-musl
+fi
+# libseccomp is linked from its static archive.
+export LIBSECCOMP_LINK_TYPE=static
+export LIBSECCOMP_LIB_PATH=${LIBSECCOMP_LIB_PATH:-/usr/lib/x86_64-linux-gnu}
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release --target "$target" -p kata-agent
+mkdir -p target/release
+cp "target/$target/release/kata-agent" target/release/kata-agent
+if file target/release/kata-agent 2>/dev/null | grep -q "dynamically linked"; then
+    echo "build-static: kata-agent is not static" >&2
+    exit 1
+fi
+ls -l target/release/kata-agent

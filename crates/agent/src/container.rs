@@ -322,7 +322,7 @@ impl Containers {
     }
 
     async fn watch_oom(&self, c: &Arc<ContainerEntry>) {
-        let watcher = match c.with_engine(|e| e.oom_watcher()).await {
+        let watcher = match c.with_engine(|e| e.cgroup().oom_watcher().map_err(|e| engine::Error::Other(format!("{e:#}")))).await {
             Ok(w) => w,
             Err(e) => {
                 warn!(subsystem = "container", container_id = %c.id, error = %e, "cannot watch OOM events");

@@ -139,8 +139,10 @@ struct ReaderState {
 impl StreamReader {
     fn new(fd: Arc<OwnedFd>, is_pty: bool) -> Result<StreamReader> {
         Ok(StreamReader {
-            fd: AsyncFd::with_interest(FdRef(fd), tokio::io::Interest::READABLE)
-                .map_err(|e| AgentError::internal(format!("cannot watch a stream: {e}")))?,
+            // SAFETY: FdRef owns (a share of) the descriptor, so it stays open and
+            // unchanged for as long as the AsyncFd holds it.
+            fd: unsafe { AsyncFd::register_with_interest(FdRef(fd), tokio::io::Interest::READABLE) }
+                .map_err(|e| AgentError::internal(format!("cannot watch a stream: {}", e.into_parts().1)))?,
             is_pty,
             state: Mutex::new(ReaderState::default()),
         })
@@ -243,8 +245,9 @@ pub struct StreamWriter {
 impl StreamWriter {
     fn new(fd: Arc<OwnedFd>) -> Result<StreamWriter> {
         Ok(StreamWriter {
-            fd: AsyncFd::with_interest(FdRef(fd), tokio::io::Interest::WRITABLE)
-                .map_err(|e| AgentError::internal(format!("cannot watch stdin: {e}")))?,
+            // SAFETY: as for StreamReader::new.
+            fd: unsafe { AsyncFd::register_with_interest(FdRef(fd), tokio::io::Interest::WRITABLE) }
+                .map_err(|e| AgentError::internal(format!("cannot watch stdin: {}", e.into_parts().1)))?,
             lock: Mutex::new(()),
         })
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use protobuf::well_known_types::empty::Empty;
-use protocols::{agent, agent_ttrpc, health_ttrpc, types};
+use protocols::{agent, agent_ttrpc, csi, health_ttrpc, types};
 use ttrpc::r#async::TtrpcContext;
 
 use crate::error::AgentError;
@@ -201,7 +201,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
         unimplemented("AddSwapPath")
     }
 
-    async fn get_volume_stats(&self, _ctx: &TtrpcContext, _req: agent::VolumeStatsRequest) -> Reply<agent::VolumeStatsResponse> {
+    async fn get_volume_stats(&self, _ctx: &TtrpcContext, _req: agent::VolumeStatsRequest) -> Reply<csi::VolumeStatsResponse> {
         unimplemented("GetVolumeStats")
     }
 

@@ -260,20 +260,21 @@ fn blocked_request_does_not_stall_others_and_deadline_is_honoured() {
             health.check(ctx(), &CheckRequest::new()).await.unwrap();
         }
         assert!(!blocked.is_finished());
-        // A request with a deadline gets DEADLINE_EXCEEDED when it passes.
-        let start = Instant::now();
-        let (code, _) = code_of(
-            client
-                .get_oom_event(
-                    ttrpc::context::with_timeout(Duration::from_millis(300).as_nanos() as i64),
-                    &agent::GetOOMEventRequest::new(),
-                )
-                .await,
-        );
-        assert_eq!(code, ttrpc::Code::DEADLINE_EXCEEDED);
-        assert!(start.elapsed() < Duration::from_secs(5));
         blocked.abort();
     });
+    // A request whose timeout_nano passes gets DEADLINE_EXCEEDED from the server
+    // (sent raw, so that no client-side timer can answer first).
+    let path = agent.addr.trim_start_matches("unix://");
+    let mut sock = UnixStream::connect(path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let payload = agent::GetOOMEventRequest::new().write_to_bytes().unwrap();
+    let deadline = Duration::from_millis(300).as_nanos() as i64;
+    let start = Instant::now();
+    sock.write_all(&frame_with_timeout(1, "grpc.AgentService", "GetOOMEvent", &payload, deadline))
+        .unwrap();
+    let (stream, code, _) = read_response(&mut sock);
+    assert_eq!((stream, code), (1, ttrpc::Code::DEADLINE_EXCEEDED as i32));
+    assert!(start.elapsed() >= Duration::from_millis(300));
 }
 
 #[test]
@@ -299,7 +300,19 @@ fn many_connections_at_once() {
 
 /// Encodes one ttRPC request frame by hand.
 fn frame(stream_id: u32, service: &str, method: &str, payload: &[u8]) -> Vec<u8> {
+    frame_with_timeout(stream_id, service, method, payload, 0)
+}
+
+/// Encodes one ttRPC request frame carrying a `timeout_nano` deadline.
+fn frame_with_timeout(
+    stream_id: u32,
+    service: &str,
+    method: &str,
+    payload: &[u8],
+    timeout_nano: i64,
+) -> Vec<u8> {
     let mut req = ttrpc::proto::Request::new();
+    req.timeout_nano = timeout_nano;
     req.service = service.into();
     req.method = method.into();
     req.payload = payload.to_vec();

@@ -70,10 +70,13 @@ pub fn create_stdio(terminal: bool, pipe_size: i32) -> Result<(ParentStdio, Chil
             stdout: Some(dup(&slave)?),
             stderr: Some(slave),
         };
+        // The writer gets its own descriptor: one fd cannot be registered with
+        // the reactor twice.
+        let writer_fd = Arc::new(dup(&master)?);
         let master = Arc::new(master);
         let reader = Arc::new(StreamReader::new(master.clone(), true)?);
         let parent = ParentStdio {
-            stdin: Some(Arc::new(StreamWriter::new(master.clone())?)),
+            stdin: Some(Arc::new(StreamWriter::new(writer_fd)?)),
             stdout: Some(reader.clone()),
             stderr: Some(reader),
             pty: Some(master),
@@ -369,7 +372,8 @@ mod tests {
     #[tokio::test]
     async fn pipe_size_is_applied() {
         let (parent, _child) = create_stdio(false, 1 << 20).unwrap();
-        let fd = parent.stdout.unwrap().fd.get_ref().0.as_raw_fd();
+        let stdout = parent.stdout.unwrap();
+        let fd = stdout.fd.get_ref().0.as_raw_fd();
         let size = fcntl(fd, FcntlArg::F_GETPIPE_SZ).unwrap();
         assert_eq!(size, 1 << 20);
     }

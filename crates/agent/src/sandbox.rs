@@ -326,11 +326,16 @@ fn apply_dns(agent: &Agent, state: &mut SandboxState, dns: &[String]) -> Result<
         .collect::<Vec<_>>()
         .join("\n");
     content.push('\n');
-    // Write through a temporary file so that a reader never sees a half-written file.
-    let tmp = agent.paths.sandbox_dir.join(".resolv.conf.tmp");
-    std::fs::write(&tmp, content)
-        .and_then(|_| std::fs::rename(&tmp, &source))
-        .map_err(|e| AgentError::internal(format!("cannot write {}: {e}", source.display())))?;
+    // Before the bind mount exists, write through a temporary file so that a reader
+    // never sees a half-written file. Once mounted, the mount pins the inode, so the
+    // file must be rewritten in place (a rename would leave the mount on the old one).
+    let written = if state.dns_mounted {
+        std::fs::write(&source, content)
+    } else {
+        let tmp = agent.paths.sandbox_dir.join(".resolv.conf.tmp");
+        std::fs::write(&tmp, content).and_then(|_| std::fs::rename(&tmp, &source))
+    };
+    written.map_err(|e| AgentError::internal(format!("cannot write {}: {e}", source.display())))?;
     if !state.dns_mounted {
         nix::mount::mount(
             Some(&source),

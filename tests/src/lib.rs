@@ -37,7 +37,10 @@ pub fn binary(name: &str) -> PathBuf {
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "building kata-agent and kata-agent-ctl failed");
+        assert!(
+            status.success(),
+            "building kata-agent and kata-agent-ctl failed"
+        );
     });
     let path = target_bin_dir().join(name);
     assert!(path.exists(), "{} was not built", path.display());
@@ -211,7 +214,10 @@ impl TestAgent {
         unsafe { libc::kill(child.id() as i32, signal) };
         wait_timeout(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
             let _ = child.kill();
-            panic!("kata-agent did not exit after signal {signal}:\n{}", self.log());
+            panic!(
+                "kata-agent did not exit after signal {signal}:\n{}",
+                self.log()
+            );
         })
     }
 

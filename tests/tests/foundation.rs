@@ -61,7 +61,10 @@ fn guest_details_report_the_agent() {
         let resp = client.get_guest_details(ctx(), &req).await.unwrap();
         let details = resp.agent_details.as_ref().unwrap();
         assert_eq!(details.version, env!("CARGO_PKG_VERSION"));
-        assert!(!details.init_daemon, "a standalone agent is not the init daemon");
+        assert!(
+            !details.init_daemon,
+            "a standalone agent is not the init daemon"
+        );
         assert!(details.supports_seccomp);
         assert_eq!(details.extra_features, vec!["seccomp".to_string()]);
         // This machine's sysfs has memory blocks; the size is a power of two.
@@ -122,8 +125,14 @@ fn create_and_destroy_sandbox_sets_up_and_undoes_everything() {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(p).unwrap().ino()
         };
-        assert_ne!(ino(&ns_dir.join("uts")), ino(std::path::Path::new("/proc/self/ns/uts")));
-        assert_ne!(ino(&ns_dir.join("ipc")), ino(std::path::Path::new("/proc/self/ns/ipc")));
+        assert_ne!(
+            ino(&ns_dir.join("uts")),
+            ino(std::path::Path::new("/proc/self/ns/uts"))
+        );
+        assert_ne!(
+            ino(&ns_dir.join("ipc")),
+            ino(std::path::Path::new("/proc/self/ns/ipc"))
+        );
         // The hostname is set inside the shared UTS namespace only.
         let out = Command::new("nsenter")
             .arg(format!("--uts={}", ns_dir.join("uts").display()))
@@ -251,7 +260,10 @@ fn blocked_request_does_not_stall_others_and_deadline_is_honoured() {
             let client = client.clone();
             tokio::spawn(async move {
                 client
-                    .get_oom_event(ttrpc::context::with_timeout(0), &agent::GetOOMEventRequest::new())
+                    .get_oom_event(
+                        ttrpc::context::with_timeout(0),
+                        &agent::GetOOMEventRequest::new(),
+                    )
                     .await
             })
         };
@@ -266,12 +278,19 @@ fn blocked_request_does_not_stall_others_and_deadline_is_honoured() {
     // (sent raw, so that no client-side timer can answer first).
     let path = agent.addr.trim_start_matches("unix://");
     let mut sock = UnixStream::connect(path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let payload = agent::GetOOMEventRequest::new().write_to_bytes().unwrap();
     let deadline = Duration::from_millis(300).as_nanos() as i64;
     let start = Instant::now();
-    sock.write_all(&frame_with_timeout(1, "grpc.AgentService", "GetOOMEvent", &payload, deadline))
-        .unwrap();
+    sock.write_all(&frame_with_timeout(
+        1,
+        "grpc.AgentService",
+        "GetOOMEvent",
+        &payload,
+        deadline,
+    ))
+    .unwrap();
     let (stream, code, _) = read_response(&mut sock);
     assert_eq!((stream, code), (1, ttrpc::Code::DEADLINE_EXCEEDED as i32));
     assert!(start.elapsed() >= Duration::from_millis(300));
@@ -344,7 +363,8 @@ fn oversized_frame_is_rejected_and_the_connection_survives() {
     let agent = TestAgent::start();
     let path = agent.addr.trim_start_matches("unix://");
     let mut sock = UnixStream::connect(path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     // A 5 MiB request frame: header, then the body (which the server reads and discards).
     let len: u32 = 5 << 20;
     let mut header = Vec::new();
@@ -364,7 +384,8 @@ fn oversized_frame_is_rejected_and_the_connection_survives() {
 
     // The same connection still serves a normal request.
     let check = CheckRequest::new().write_to_bytes().unwrap();
-    sock.write_all(&frame(3, "grpc.Health", "Check", &check)).unwrap();
+    sock.write_all(&frame(3, "grpc.Health", "Check", &check))
+        .unwrap();
     let (stream, code, _) = read_response(&mut sock);
     assert_eq!((stream, code), (3, 0));
 }
@@ -397,14 +418,23 @@ fn logs_are_structured_json() {
 
 #[test]
 fn version_and_help_flags() {
-    let out = Command::new(binary("kata-agent")).arg("--version").output().unwrap();
+    let out = Command::new(binary("kata-agent"))
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("kata-agent version "), "{text}");
-    let out = Command::new(binary("kata-agent")).arg("--help").output().unwrap();
+    let out = Command::new(binary("kata-agent"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: kata-agent"));
-    let out = Command::new(binary("kata-agent")).arg("--bogus").output().unwrap();
+    let out = Command::new(binary("kata-agent"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -415,7 +445,10 @@ fn bad_configuration_is_a_clear_startup_error() {
     std::fs::write(&cmdline, "quiet agent.log=verbose").unwrap();
     let out = Command::new(binary("kata-agent"))
         .env("KATA_AGENT_CMDLINE", &cmdline)
-        .env("KATA_AGENT_SERVER_ADDR", format!("unix://{}/a.sock", dir.path().display()))
+        .env(
+            "KATA_AGENT_SERVER_ADDR",
+            format!("unix://{}/a.sock", dir.path().display()),
+        )
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -454,7 +487,10 @@ fn config_file_selects_the_address() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "agent did not listen on the file's address");
+        assert!(
+            Instant::now() < deadline,
+            "agent did not listen on the file's address"
+        );
         assert!(child.try_wait().unwrap().is_none(), "agent exited");
         std::thread::sleep(Duration::from_millis(10));
     }

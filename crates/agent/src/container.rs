@@ -37,7 +37,14 @@ pub struct ProcessEntry {
 }
 
 impl ProcessEntry {
-    fn new(exec_id: String, pid: i32, init: bool, terminal: bool, exit: engine::ExitWatch, stdio: ParentStdio) -> ProcessEntry {
+    fn new(
+        exec_id: String,
+        pid: i32,
+        init: bool,
+        terminal: bool,
+        exit: engine::ExitWatch,
+        stdio: ParentStdio,
+    ) -> ProcessEntry {
         ProcessEntry {
             exec_id,
             pid,
@@ -121,12 +128,19 @@ impl ContainerEntry {
     /// The process for `exec_id` ("" means the init process).
     pub fn process(&self, exec_id: &str) -> Result<Arc<ProcessEntry>> {
         let procs = self.processes.lock().unwrap();
-        let key = if exec_id.is_empty() { self.id.as_str() } else { exec_id };
+        let key = if exec_id.is_empty() {
+            self.id.as_str()
+        } else {
+            exec_id
+        };
         procs.get(key).cloned().ok_or_else(|| {
             if exec_id.is_empty() || exec_id == self.id {
                 AgentError::not_found(format!("the init process of container {} is gone", self.id))
             } else {
-                AgentError::not_found(format!("process {exec_id} not found in container {}", self.id))
+                AgentError::not_found(format!(
+                    "process {exec_id} not found in container {}",
+                    self.id
+                ))
             }
         })
     }
@@ -136,7 +150,11 @@ impl ContainerEntry {
         match self.process(exec_id) {
             Ok(p) => Ok(p),
             Err(e) => {
-                let key = if exec_id.is_empty() { self.id.as_str() } else { exec_id };
+                let key = if exec_id.is_empty() {
+                    self.id.as_str()
+                } else {
+                    exec_id
+                };
                 self.finished.lock().unwrap().get(key).cloned().ok_or(e)
             }
         }
@@ -145,10 +163,6 @@ impl ContainerEntry {
     /// The spec the container was created with (after the agent's rewrites).
     pub async fn spec(&self) -> Result<Spec> {
         self.with_engine(|e| Ok(e.spec().clone())).await
-    }
-
-    pub fn init_pid(&self) -> i32 {
-        self.engine.lock().unwrap_or_else(|p| p.into_inner()).init_pid()
     }
 }
 
@@ -225,15 +239,25 @@ impl Containers {
             let map = self.map.lock().unwrap();
             let mut creating = self.creating.lock().unwrap();
             if map.contains_key(&id) || creating.contains(&id) {
-                return Err(AgentError::already_exists(format!("container {id} already exists")));
+                return Err(AgentError::already_exists(format!(
+                    "container {id} already exists"
+                )));
             }
             creating.insert(id.clone());
         }
-        let _creating = CreatingGuard { set: &self.creating, id: id.clone() };
+        let _creating = CreatingGuard {
+            set: &self.creating,
+            id: id.clone(),
+        };
 
         let mut spec = params.spec;
-        let terminal = spec.process().as_ref().map(|p| p.terminal().unwrap_or(false)).unwrap_or(false);
-        self.rewrite_namespaces(agent, &mut spec, params.sandbox_pidns).await?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .map(|p| p.terminal().unwrap_or(false))
+            .unwrap_or(false);
+        self.rewrite_namespaces(agent, &mut spec, params.sandbox_pidns)
+            .await?;
         merge_guest_hooks(&mut spec, &agent.sandbox.lock().await.hooks);
 
         let (parent, child) = io::create_stdio(terminal, agent.config.container_pipe_size)?;
@@ -244,10 +268,11 @@ impl Containers {
             stderr: child.stderr,
         };
         let cid = id.clone();
-        let container = tokio::task::spawn_blocking(move || engine::Container::create(&cfg, &cid, spec, stdio))
-            .await
-            .map_err(|e| AgentError::internal(format!("container creation task failed: {e}")))?
-            .map_err(AgentError::from)?;
+        let container =
+            tokio::task::spawn_blocking(move || engine::Container::create(&cfg, &cid, spec, stdio))
+                .await
+                .map_err(|e| AgentError::internal(format!("container creation task failed: {e}")))?
+                .map_err(AgentError::from)?;
 
         let pid = container.init_pid();
         let exit = container.init_exit();
@@ -256,11 +281,20 @@ impl Containers {
             if pidns.is_none() {
                 match File::open(format!("/proc/{pid}/ns/pid")) {
                     Ok(f) => *pidns = Some(f),
-                    Err(e) => warn!(subsystem = "container", error = %e, "cannot pin the sandbox pid namespace"),
+                    Err(e) => {
+                        warn!(subsystem = "container", error = %e, "cannot pin the sandbox pid namespace")
+                    }
                 }
             }
         }
-        let init = Arc::new(ProcessEntry::new(id.clone(), pid, true, terminal, exit, parent));
+        let init = Arc::new(ProcessEntry::new(
+            id.clone(),
+            pid,
+            true,
+            terminal,
+            exit,
+            parent,
+        ));
         let entry = Arc::new(ContainerEntry {
             id: id.clone(),
             engine: Arc::new(StdMutex::new(container)),
@@ -273,12 +307,21 @@ impl Containers {
     }
 
     /// Points ipc/uts at the sandbox's shared namespaces and adds the pid namespace entry.
-    async fn rewrite_namespaces(&self, agent: &Agent, spec: &mut Spec, share_pidns: bool) -> Result<()> {
+    async fn rewrite_namespaces(
+        &self,
+        agent: &Agent,
+        spec: &mut Spec,
+        share_pidns: bool,
+    ) -> Result<()> {
         let shared = crate::sandbox::shared_namespace_paths(&*agent.sandbox.lock().await);
         let pidns_path = if share_pidns {
             let pinned = self.sandbox_pidns.lock().unwrap();
             match pinned.as_ref() {
-                Some(f) => Some(PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd()))),
+                Some(f) => Some(PathBuf::from(format!(
+                    "/proc/{}/fd/{}",
+                    std::process::id(),
+                    f.as_raw_fd()
+                ))),
                 None if self.map.lock().unwrap().is_empty() => None,
                 None => {
                     return Err(AgentError::failed_precondition(
@@ -290,7 +333,9 @@ impl Containers {
             None
         };
         let Some(linux) = spec.linux_mut() else {
-            return Err(AgentError::invalid_argument("the spec has no linux section"));
+            return Err(AgentError::invalid_argument(
+                "the spec has no linux section",
+            ));
         };
         let mut namespaces: Vec<LinuxNamespace> = linux.namespaces().clone().unwrap_or_default();
         for ns in namespaces.iter_mut() {
@@ -301,7 +346,9 @@ impl Containers {
             };
             ns.set_path(shared.get(key).cloned());
         }
-        let has_pid = namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Pid);
+        let has_pid = namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Pid);
         if let Some(path) = pidns_path {
             namespaces.retain(|n| n.typ() != LinuxNamespaceType::Pid);
             namespaces.push(pid_namespace(Some(path))?);
@@ -322,7 +369,14 @@ impl Containers {
     }
 
     async fn watch_oom(&self, c: &Arc<ContainerEntry>) {
-        let watcher = match c.with_engine(|e| e.cgroup().oom_watcher().map_err(|e| engine::Error::Other(format!("{e:#}")))).await {
+        let watcher = match c
+            .with_engine(|e| {
+                e.cgroup()
+                    .oom_watcher()
+                    .map_err(|e| engine::Error::Other(format!("{e:#}")))
+            })
+            .await
+        {
             Ok(w) => w,
             Err(e) => {
                 warn!(subsystem = "container", container_id = %c.id, error = %e, "cannot watch OOM events");
@@ -354,7 +408,13 @@ impl Containers {
     }
 
     /// ExecProcess: starts `process` in the container's namespaces and cgroup.
-    pub async fn exec(&self, agent: &Agent, id: &str, exec_id: &str, process: Process) -> Result<()> {
+    pub async fn exec(
+        &self,
+        agent: &Agent,
+        id: &str,
+        exec_id: &str,
+        process: Process,
+    ) -> Result<()> {
         let c = self.find(id)?;
         if exec_id.is_empty() {
             return Err(AgentError::invalid_argument("exec_id must not be empty"));
@@ -375,11 +435,21 @@ impl Containers {
             stderr: child.stderr,
         };
         let (pid, exit) = c.with_engine(move |e| e.exec(&process, stdio)).await?;
-        let entry = Arc::new(ProcessEntry::new(exec_id.to_string(), pid, false, terminal, exit, parent));
+        let entry = Arc::new(ProcessEntry::new(
+            exec_id.to_string(),
+            pid,
+            false,
+            terminal,
+            exit,
+            parent,
+        ));
         let mut procs = c.processes.lock().unwrap();
         if procs.contains_key(exec_id) {
             // A concurrent ExecProcess with the same id won the race; ours must not run.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             return Err(AgentError::already_exists(format!(
                 "exec_id {exec_id} already exists in container {id}"
             )));
@@ -393,7 +463,9 @@ impl Containers {
         let sig = i32::try_from(signal)
             .ok()
             .filter(|s| (0..=64).contains(s))
-            .ok_or_else(|| AgentError::invalid_argument(format!("{signal} is not a signal number")))?;
+            .ok_or_else(|| {
+                AgentError::invalid_argument(format!("{signal} is not a signal number"))
+            })?;
         let c = self.lookup(id)?;
         if exec_id.is_empty() && sig == libc::SIGKILL {
             return c.with_engine(move |e| e.signal_all(sig)).await;
@@ -447,7 +519,11 @@ impl Containers {
             .ok_or_else(|| AgentError::failed_precondition("the stream is closed"))?;
         let len = len.min(MAX_READ - 1024) as usize;
         let exit = p.exit.clone();
-        let data = reader.read(len, async move { let _ = exit.wait().await; }).await?;
+        let data = reader
+            .read(len, async move {
+                let _ = exit.wait().await;
+            })
+            .await?;
         if data.is_empty() {
             // End of stream: a waited-for process is forgotten once both streams are done.
             let key = p.exec_id.clone();
@@ -495,8 +571,14 @@ impl Containers {
         self.lookup(id)?.with_engine(|e| e.resume()).await
     }
 
-    pub async fn update(&self, id: &str, resources: oci_spec::runtime::LinuxResources) -> Result<()> {
-        self.lookup(id)?.with_engine(move |e| e.update(&resources)).await
+    pub async fn update(
+        &self,
+        id: &str,
+        resources: oci_spec::runtime::LinuxResources,
+    ) -> Result<()> {
+        self.lookup(id)?
+            .with_engine(move |e| e.update(&resources))
+            .await
     }
 
     pub async fn stats(&self, id: &str) -> Result<engine::cgroups::Stats> {
@@ -506,10 +588,16 @@ impl Containers {
     /// RemoveContainer: kills every process, waits for them, releases everything.
     pub async fn remove(&self, id: &str, timeout: Duration) -> Result<()> {
         let c = self.find(id)?;
-        let limit = if timeout.is_zero() { Duration::from_secs(60) } else { timeout };
+        let limit = if timeout.is_zero() {
+            Duration::from_secs(60)
+        } else {
+            timeout
+        };
         let result = c.with_engine(move |e| e.destroy(limit)).await;
         if let Err(e) = result {
-            if e.code == ttrpc::Code::DEADLINE_EXCEEDED || !timeout.is_zero() && e.message.contains("timed out") {
+            if e.code == ttrpc::Code::DEADLINE_EXCEEDED
+                || !timeout.is_zero() && e.message.contains("timed out")
+            {
                 return Err(AgentError::deadline_exceeded(format!(
                     "container {id} was not removed within {} s: {}",
                     limit.as_secs(),

@@ -14,7 +14,11 @@ pub struct MemoryDetails {
 }
 
 /// Reads the memory block size (hex in sysfs) and whether the probe interface exists.
-pub fn memory_details(sysfs: &Path, want_block_size: bool, want_probe: bool) -> Result<MemoryDetails> {
+pub fn memory_details(
+    sysfs: &Path,
+    want_block_size: bool,
+    want_probe: bool,
+) -> Result<MemoryDetails> {
     let mut details = MemoryDetails::default();
     let memory = sysfs.join("devices/system/memory");
     if want_block_size {
@@ -119,7 +123,11 @@ mod tests {
         assert_eq!(d.block_size_bytes, 0x8000000);
         assert!(!d.hotplug_probe);
         std::fs::write(mem.join("probe"), "").unwrap();
-        assert!(memory_details(dir.path(), false, true).unwrap().hotplug_probe);
+        assert!(
+            memory_details(dir.path(), false, true)
+                .unwrap()
+                .hotplug_probe
+        );
         std::fs::write(mem.join("block_size_bytes"), "zz").unwrap();
         assert!(memory_details(dir.path(), true, false).is_err());
         let empty = tempfile::tempdir().unwrap();

@@ -55,10 +55,10 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 ///
 /// `pipe_size` (> 0) resizes the stdout and stderr pipes, as `agent.container_pipe_size` asks.
 pub fn create_stdio(terminal: bool, pipe_size: i32) -> Result<(ParentStdio, ChildStdio)> {
-    let io_err = |what: &str, e: io::Error| AgentError::internal(format!("cannot create {what}: {e}"));
+    let io_err =
+        |what: &str, e: io::Error| AgentError::internal(format!("cannot create {what}: {e}"));
     if terminal {
-        let pty = nix::pty::openpty(None, None)
-            .map_err(|e| io_err("a pty", e.into()))?;
+        let pty = nix::pty::openpty(None, None).map_err(|e| io_err("a pty", e.into()))?;
         let master = pty.master;
         set_cloexec(&master).map_err(|e| io_err("a pty", e))?;
         set_nonblocking(&master).map_err(|e| io_err("a pty", e))?;
@@ -113,7 +113,10 @@ pub fn create_stdio(terminal: bool, pipe_size: i32) -> Result<(ParentStdio, Chil
 }
 
 fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
     Ok(())
 }
 
@@ -144,8 +147,12 @@ impl StreamReader {
         Ok(StreamReader {
             // SAFETY: FdRef owns (a share of) the descriptor, so it stays open and
             // unchanged for as long as the AsyncFd holds it.
-            fd: unsafe { AsyncFd::register_with_interest(FdRef(fd), tokio::io::Interest::READABLE) }
-                .map_err(|e| AgentError::internal(format!("cannot watch a stream: {}", e.into_parts().1)))?,
+            fd: unsafe {
+                AsyncFd::register_with_interest(FdRef(fd), tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| {
+                AgentError::internal(format!("cannot watch a stream: {}", e.into_parts().1))
+            })?,
             is_pty,
             state: Mutex::new(ReaderState::default()),
         })
@@ -249,8 +256,12 @@ impl StreamWriter {
     fn new(fd: Arc<OwnedFd>) -> Result<StreamWriter> {
         Ok(StreamWriter {
             // SAFETY: as for StreamReader::new.
-            fd: unsafe { AsyncFd::register_with_interest(FdRef(fd), tokio::io::Interest::WRITABLE) }
-                .map_err(|e| AgentError::internal(format!("cannot watch stdin: {}", e.into_parts().1)))?,
+            fd: unsafe {
+                AsyncFd::register_with_interest(FdRef(fd), tokio::io::Interest::WRITABLE)
+            }
+            .map_err(|e| {
+                AgentError::internal(format!("cannot watch stdin: {}", e.into_parts().1))
+            })?,
             lock: Mutex::new(()),
         })
     }
@@ -266,13 +277,12 @@ impl StreamWriter {
                 .await
                 .map_err(|e| AgentError::internal(format!("cannot write stdin: {e}")))?;
             match guard.try_io(|inner| {
-                nix::unistd::write(inner.get_ref().0.as_fd(), &data[done..]).map_err(io::Error::from)
+                nix::unistd::write(inner.get_ref().0.as_fd(), &data[done..])
+                    .map_err(io::Error::from)
             }) {
                 Ok(Ok(n)) => done += n,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) => {
-                    return Err(AgentError::internal(format!("cannot write stdin: {e}")))
-                }
+                Ok(Err(e)) => return Err(AgentError::internal(format!("cannot write stdin: {e}"))),
                 Err(_would_block) => {}
             }
         }
@@ -340,7 +350,11 @@ mod tests {
         assert_eq!(data, b"last");
         let data = reader.read(100, std::future::ready(())).await.unwrap();
         assert_eq!(data, b" words");
-        assert!(reader.read(100, std::future::ready(())).await.unwrap().is_empty());
+        assert!(reader
+            .read(100, std::future::ready(()))
+            .await
+            .unwrap()
+            .is_empty());
         drop(out_w);
     }
 
@@ -383,12 +397,24 @@ mod tests {
         let (parent, child) = create_stdio(true, 0).unwrap();
         let slave = child.stdout.unwrap();
         nix::unistd::write(&slave, b"tty!").unwrap();
-        let data = parent.stdout.as_ref().unwrap().read(64, pending()).await.unwrap();
+        let data = parent
+            .stdout
+            .as_ref()
+            .unwrap()
+            .read(64, pending())
+            .await
+            .unwrap();
         assert!(String::from_utf8_lossy(&data).contains("tty!"));
         resize_pty(parent.pty.as_ref().unwrap(), 40, 120).unwrap();
         drop(slave);
         drop(child.stdin);
         drop(child.stderr);
-        assert!(parent.stdout.unwrap().read(64, pending()).await.unwrap().is_empty());
+        assert!(parent
+            .stdout
+            .unwrap()
+            .read(64, pending())
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -25,9 +25,8 @@ pub struct SharedNamespaces {
 impl SharedNamespaces {
     /// Creates fresh IPC and UTS namespaces below `dir`, with `hostname` set in the UTS one.
     pub fn create(dir: &Path, hostname: &str) -> Result<SharedNamespaces> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            AgentError::internal(format!("cannot create {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| AgentError::internal(format!("cannot create {}: {e}", dir.display())))?;
         let ns = SharedNamespaces {
             ipc: dir.join("ipc"),
             uts: dir.join("uts"),

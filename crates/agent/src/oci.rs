@@ -1513,7 +1513,10 @@ mod tests {
         let o = oci::Spec::default();
         let p = spec_to_proto(&o);
         let again = spec_from_proto(&p).unwrap();
-        let (a, b) = (again.process().as_ref().unwrap(), o.process().as_ref().unwrap());
+        let (a, b) = (
+            again.process().as_ref().unwrap(),
+            o.process().as_ref().unwrap(),
+        );
         assert_eq!(a.args(), b.args());
         assert_eq!(a.env(), b.env());
         assert_eq!(a.cwd(), b.cwd());

@@ -320,11 +320,7 @@ fn apply_dns(agent: &Agent, state: &mut SandboxState, dns: &[String]) -> Result<
         .with_context(|| format!("cannot create {}", agent.paths.sandbox_dir.display()))
         .map_err(AgentError::from)?;
     let source = agent.paths.sandbox_dir.join("resolv.conf");
-    let mut content = dns
-        .iter()
-        .map(|l| l.trim())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let mut content = dns.iter().map(|l| l.trim()).collect::<Vec<_>>().join("\n");
     content.push('\n');
     // Before the bind mount exists, write through a temporary file so that a reader
     // never sees a half-written file. Once mounted, the mount pins the inode, so the

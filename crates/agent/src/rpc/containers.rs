@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use protobuf::well_known_types::empty::Empty;
 use protocols::agent::{
-    CreateContainerRequest, ExecProcessRequest, GetDiagnosticDataRequest, GetDiagnosticDataResponse,
-    GetOOMEventRequest, OOMEvent, PauseContainerRequest, RemoveContainerRequest,
-    ResumeContainerRequest, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
-    StatsContainerResponse, UpdateContainerRequest, WaitProcessRequest, WaitProcessResponse,
+    CreateContainerRequest, ExecProcessRequest, GetDiagnosticDataRequest,
+    GetDiagnosticDataResponse, GetOOMEventRequest, OOMEvent, PauseContainerRequest,
+    RemoveContainerRequest, ResumeContainerRequest, SignalProcessRequest, StartContainerRequest,
+    StatsContainerRequest, StatsContainerResponse, UpdateContainerRequest, WaitProcessRequest,
+    WaitProcessResponse,
 };
 
 use crate::container::CreateParams;
@@ -30,7 +31,9 @@ pub async fn create_container(agent: &Agent, req: CreateContainerRequest) -> Res
         return Err(AgentError::unimplemented("devices are not supported yet"));
     }
     if !req.shared_mounts.is_empty() {
-        return Err(AgentError::unimplemented("shared_mounts are not supported yet"));
+        return Err(AgentError::unimplemented(
+            "shared_mounts are not supported yet",
+        ));
     }
     let proto_spec = req
         .OCI
@@ -59,7 +62,10 @@ pub async fn start_container(agent: &Agent, req: StartContainerRequest) -> Resul
 pub async fn remove_container(agent: &Agent, req: RemoveContainerRequest) -> Result<Empty> {
     agent
         .containers
-        .remove(&req.container_id, Duration::from_secs(u64::from(req.timeout)))
+        .remove(
+            &req.container_id,
+            Duration::from_secs(u64::from(req.timeout)),
+        )
         .await?;
     Ok(Empty::new())
 }
@@ -86,7 +92,10 @@ pub async fn signal_process(agent: &Agent, req: SignalProcessRequest) -> Result<
 }
 
 pub async fn wait_process(agent: &Agent, req: WaitProcessRequest) -> Result<WaitProcessResponse> {
-    let status = agent.containers.wait(&req.container_id, &req.exec_id).await?;
+    let status = agent
+        .containers
+        .wait(&req.container_id, &req.exec_id)
+        .await?;
     let mut resp = WaitProcessResponse::new();
     resp.status = status;
     Ok(resp)
@@ -102,7 +111,10 @@ pub async fn update_container(agent: &Agent, req: UpdateContainerRequest) -> Res
     Ok(Empty::new())
 }
 
-pub async fn stats_container(agent: &Agent, req: StatsContainerRequest) -> Result<StatsContainerResponse> {
+pub async fn stats_container(
+    agent: &Agent,
+    req: StatsContainerRequest,
+) -> Result<StatsContainerResponse> {
     let stats = agent.containers.stats(&req.container_id).await?;
     let mut resp = StatsContainerResponse::new();
     resp.cgroup_stats = Some(oci::stats_to_proto(&stats)).into();
@@ -156,7 +168,9 @@ pub async fn get_diagnostic_data(
         .find(|m| m.destination().as_os_str() == path.as_str())
         .and_then(|m| m.source().clone())
         .ok_or_else(|| {
-            AgentError::failed_precondition(format!("no mount provides the termination message path {path}"))
+            AgentError::failed_precondition(format!(
+                "no mount provides the termination message path {path}"
+            ))
         })?;
     let data = tokio::task::spawn_blocking(move || {
         use std::io::Read;

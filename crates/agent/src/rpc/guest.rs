@@ -12,7 +12,10 @@ use crate::error::Result;
 use crate::sandbox::Agent;
 use crate::{guest, version};
 
-pub async fn get_guest_details(agent: &Agent, req: GuestDetailsRequest) -> Result<GuestDetailsResponse> {
+pub async fn get_guest_details(
+    agent: &Agent,
+    req: GuestDetailsRequest,
+) -> Result<GuestDetailsResponse> {
     let sysfs = agent.paths.sysfs_root.clone();
     let mem = tokio::task::spawn_blocking(move || {
         guest::memory_details(&sysfs, req.mem_block_size, req.mem_hotplug_probe)
@@ -23,7 +26,10 @@ pub async fn get_guest_details(agent: &Agent, req: GuestDetailsRequest) -> Resul
     details.version = version::VERSION.to_string();
     details.init_daemon = agent.init_mode;
     details.supports_seccomp = true;
-    details.extra_features = version::EXTRA_FEATURES.iter().map(|s| s.to_string()).collect();
+    details.extra_features = version::EXTRA_FEATURES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     // Storage drivers and device handlers arrive with the storage and device work; none yet.
     details.storage_handlers = Vec::new();
     details.device_handlers = Vec::new();

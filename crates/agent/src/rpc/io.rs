@@ -38,7 +38,10 @@ pub async fn write_stdin(agent: &Agent, req: WriteStreamRequest) -> Result<Write
 }
 
 pub async fn close_stdin(agent: &Agent, req: CloseStdinRequest) -> Result<Empty> {
-    agent.containers.close_stdin(&req.container_id, &req.exec_id).await?;
+    agent
+        .containers
+        .close_stdin(&req.container_id, &req.exec_id)
+        .await?;
     Ok(Empty::new())
 }
 

@@ -497,3 +497,41 @@ fn config_file_selects_the_address() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn kata_agent_ctl_drives_the_real_agent() {
+    let mut agent = TestAgent::start();
+    let out = agent.ctl(&[
+        "-c",
+        "Check",
+        "Version",
+        "GetGuestDetails mem_block_size=true",
+        "CreateSandbox sandbox_id=ctl-test hostname=ctl-host",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines[0]["status"], 1);
+    assert!(lines[1]["agent_version"].is_string());
+    assert_eq!(lines[2]["agent_details"]["supports_seccomp"], true);
+    assert_eq!(lines[3], serde_json::json!({}));
+
+    // An error names the command and the status code, and the exit status is 1.
+    let out = agent.ctl(&["-c", "StatsContainer cid=nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Upstream answers INVALID_ARGUMENT for an unknown container; so do we.
+    assert!(err.contains("StatsContainer failed: INVALID_ARGUMENT"), "{err}");
+
+    // The same request in json:// form, then DestroySandbox stops the agent.
+    let out = agent.ctl(&["-c", r#"SetGuestDateTime json://{"Sec":0}"#]);
+    assert!(!out.status.success());
+    let out = agent.ctl(&["-c", "DestroySandbox"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = agent.wait_exit(Duration::from_secs(20)).expect("agent exits");
+    assert!(status.success());
+}

@@ -1,55 +1,71 @@
-//! Network RPCs: interfaces, routes, ARP neighbours and iptables.
-
-#![allow(unused_imports)]
+//! Network RPCs: interfaces, routes, ARP neighbours and iptables (domain code in `crate::network`).
 
 use protobuf::well_known_types::empty::Empty;
-use protocols::{agent, csi, types};
+use protocols::{agent, types};
 
-use crate::error::{AgentError, Result};
+use crate::error::Result;
+use crate::network;
 use crate::sandbox::Agent;
 
 pub async fn update_interface(
-    _agent: &Agent,
-    _req: agent::UpdateInterfaceRequest,
+    agent: &Agent,
+    req: agent::UpdateInterfaceRequest,
 ) -> Result<types::Interface> {
-    Err(AgentError::not_implemented_yet("UpdateInterface"))
+    network::update_interface(agent, req.interface.as_ref()).await
 }
 
 pub async fn update_routes(
     _agent: &Agent,
-    _req: agent::UpdateRoutesRequest,
+    req: agent::UpdateRoutesRequest,
 ) -> Result<agent::Routes> {
-    Err(AgentError::not_implemented_yet("UpdateRoutes"))
+    let routes = network::update_routes(req.routes.as_ref()).await?;
+    Ok(agent::Routes {
+        Routes: routes,
+        ..Default::default()
+    })
 }
 
 pub async fn list_interfaces(
     _agent: &Agent,
     _req: agent::ListInterfacesRequest,
 ) -> Result<agent::Interfaces> {
-    Err(AgentError::not_implemented_yet("ListInterfaces"))
+    Ok(agent::Interfaces {
+        Interfaces: network::list_interfaces().await?,
+        ..Default::default()
+    })
 }
 
 pub async fn list_routes(_agent: &Agent, _req: agent::ListRoutesRequest) -> Result<agent::Routes> {
-    Err(AgentError::not_implemented_yet("ListRoutes"))
+    Ok(agent::Routes {
+        Routes: network::list_routes().await?,
+        ..Default::default()
+    })
 }
 
 pub async fn add_arp_neighbors(
     _agent: &Agent,
-    _req: agent::AddARPNeighborsRequest,
+    req: agent::AddARPNeighborsRequest,
 ) -> Result<Empty> {
-    Err(AgentError::not_implemented_yet("AddARPNeighbors"))
+    network::add_arp_neighbors(req.neighbors.as_ref()).await?;
+    Ok(Empty::new())
 }
 
 pub async fn get_ip_tables(
     _agent: &Agent,
-    _req: agent::GetIPTablesRequest,
+    req: agent::GetIPTablesRequest,
 ) -> Result<agent::GetIPTablesResponse> {
-    Err(AgentError::not_implemented_yet("GetIPTables"))
+    Ok(agent::GetIPTablesResponse {
+        data: network::get_ip_tables(req.is_ipv6).await?,
+        ..Default::default()
+    })
 }
 
 pub async fn set_ip_tables(
     _agent: &Agent,
-    _req: agent::SetIPTablesRequest,
+    req: agent::SetIPTablesRequest,
 ) -> Result<agent::SetIPTablesResponse> {
-    Err(AgentError::not_implemented_yet("SetIPTables"))
+    Ok(agent::SetIPTablesResponse {
+        data: network::set_ip_tables(req.is_ipv6, &req.data).await?,
+        ..Default::default()
+    })
 }

@@ -87,6 +87,9 @@ pub struct AgentOptions<'a> {
     pub cmdline: Option<String>,
     /// Use an abstract unix socket instead of a path.
     pub abstract_socket: bool,
+    /// Start the agent inside this network namespace (a bind-mounted namespace file such as
+    /// `/run/netns/NAME`, see [`NetNs`]).
+    pub netns: Option<PathBuf>,
 }
 
 impl TestAgent {
@@ -130,6 +133,22 @@ impl TestAgent {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        // Kept open until the spawn is done; the child joins the namespace before exec.
+        let _netns_file = opts.netns.as_ref().map(|ns| {
+            let file = std::fs::File::open(ns)
+                .unwrap_or_else(|e| panic!("open network namespace {}: {e}", ns.display()));
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+            // SAFETY: setns(2) is async-signal-safe; fd stays open until after the spawn.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            file
+        });
         let child = cmd.spawn().expect("start kata-agent");
         let mut agent = TestAgent {
             dir,
@@ -284,4 +303,63 @@ pub fn mounts_below(dir: &Path) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
         .filter(|p| p.starts_with(&root))
         .collect()
+}
+
+/// A network namespace made with `ip netns add` for one test, deleted (with everything in it) when
+/// dropped, also when the test fails.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates `kata-e2e-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> NetNs {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("kata-e2e-{tag}-{}-{n}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip netns add");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        NetNs { name }
+    }
+
+    /// The namespace file, for [`AgentOptions::netns`].
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs `cmd args...` inside the namespace (`ip netns exec`).
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, cmd])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    /// Like [`NetNs::exec`], panicking with the command's stderr when it fails; returns stdout.
+    pub fn run(&self, cmd: &str, args: &[&str]) -> String {
+        let out = self.exec(cmd, args);
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?} in netns {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
 }

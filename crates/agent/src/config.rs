@@ -40,6 +40,8 @@ pub const DEFAULT_SYSFS_ROOT: &str = "/sys";
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Default console device (debug console on the serial line).
 pub const DEFAULT_CONSOLE_PATH: &str = "/dev/console";
+/// Default root of device nodes.
+pub const DEFAULT_DEV_ROOT: &str = "/dev";
 /// Where the kernel command line is read from.
 pub const CMDLINE_PATH: &str = "/proc/cmdline";
 /// Environment variable that replaces [`CMDLINE_PATH`] (tests and development).
@@ -94,6 +96,16 @@ pub struct AgentConfig {
     pub cgroup_root: PathBuf,
     /// Console device for the serial debug console (`KATA_AGENT_CONSOLE`).
     pub console_path: PathBuf,
+    /// Where device nodes live (`KATA_AGENT_DEV_ROOT`): host `/dev/...` paths are looked up here.
+    pub dev_root: PathBuf,
+    /// Log stream address (`KATA_AGENT_LOG_ADDR`, `unix:///path` or `vsock://cid:port`); replaces
+    /// `vsock://-1:<log_vport>`.
+    pub log_addr: Option<String>,
+    /// Debug console listen address (`KATA_AGENT_DEBUG_CONSOLE_ADDR`); replaces
+    /// `vsock://-1:<debug_console_vport>`.
+    pub debug_console_addr: Option<String>,
+    /// Trace export address (`KATA_AGENT_TRACE_ADDR`); replaces `vsock://2:10240`.
+    pub trace_addr: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -122,6 +134,10 @@ impl Default for AgentConfig {
             sysfs_root: PathBuf::from(DEFAULT_SYSFS_ROOT),
             cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
             console_path: PathBuf::from(DEFAULT_CONSOLE_PATH),
+            dev_root: PathBuf::from(DEFAULT_DEV_ROOT),
+            log_addr: None,
+            debug_console_addr: None,
+            trace_addr: None,
         }
     }
 }
@@ -355,6 +371,7 @@ impl Builder {
                 "sysfs_root" => cfg.sysfs_root = toml_path(k, value)?,
                 "cgroup_root" => cfg.cgroup_root = toml_path(k, value)?,
                 "console_path" => cfg.console_path = toml_path(k, value)?,
+                "dev_root" => cfg.dev_root = toml_path(k, value)?,
                 _ => {}
             }
         }
@@ -389,7 +406,7 @@ impl Builder {
             });
         }
         let cfg = &mut self.cfg;
-        let overrides: [(&str, &mut PathBuf, Option<&mut bool>); 6] = [
+        let overrides: [(&str, &mut PathBuf, Option<&mut bool>); 7] = [
             (
                 "KATA_AGENT_RUN_DIR",
                 &mut cfg.run_dir,
@@ -404,7 +421,25 @@ impl Builder {
             ("KATA_AGENT_SYSFS", &mut cfg.sysfs_root, None),
             ("KATA_AGENT_CGROUP_ROOT", &mut cfg.cgroup_root, None),
             ("KATA_AGENT_CONSOLE", &mut cfg.console_path, None),
+            ("KATA_AGENT_DEV_ROOT", &mut cfg.dev_root, None),
         ];
+        let addresses: [(&str, &mut Option<String>); 3] = [
+            ("KATA_AGENT_LOG_ADDR", &mut cfg.log_addr),
+            ("KATA_AGENT_DEBUG_CONSOLE_ADDR", &mut cfg.debug_console_addr),
+            ("KATA_AGENT_TRACE_ADDR", &mut cfg.trace_addr),
+        ];
+        for (var, field) in addresses {
+            if let Some(value) = env(var).filter(|v| !v.is_empty()) {
+                // The trace address may also be an OTLP/HTTP collector URL (see telemetry).
+                let otlp = var == "KATA_AGENT_TRACE_ADDR"
+                    && (value.starts_with("http://") || value.starts_with("https://"));
+                if !otlp {
+                    crate::endpoint::Endpoint::parse(&value)
+                        .map_err(|e| anyhow!("environment variable {var}: {e}"))?;
+                }
+                *field = Some(value);
+            }
+        }
         for (var, field, set) in overrides {
             // An empty value counts as unset.
             let Some(value) = env(var).filter(|v| !v.is_empty()) else {
@@ -1310,6 +1345,7 @@ mod tests {
             sysfs_root = "/s"
             cgroup_root = "/cg"
             console_path = "/dev/hvc0"
+            dev_root = "/d"
             some_unknown_key = 3
             [endpoints]
             allowed = ["CreateContainerRequest"]
@@ -1340,6 +1376,10 @@ mod tests {
             sysfs_root: "/s".into(),
             cgroup_root: "/cg".into(),
             console_path: "/dev/hvc0".into(),
+            dev_root: "/d".into(),
+            log_addr: None,
+            debug_console_addr: None,
+            trace_addr: None,
         };
         assert_eq!(c, expected);
     }

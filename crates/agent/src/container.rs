@@ -106,6 +106,9 @@ pub struct ContainerEntry {
     /// Processes that were waited for but whose output has not been read to the end yet: reads
     /// still reach them, nothing else does.
     finished: StdMutex<HashMap<String, Arc<ProcessEntry>>>,
+    /// The thread watching the container's memory cgroup for OOM kills (ends when the cgroup is
+    /// removed).
+    oom_thread: StdMutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl ContainerEntry {
@@ -163,6 +166,11 @@ impl ContainerEntry {
     /// The spec the container was created with (after the agent's rewrites).
     pub async fn spec(&self) -> Result<Spec> {
         self.with_engine(|e| Ok(e.spec().clone())).await
+    }
+
+    /// The container's cgroup (for guest-wide changes such as widening cpusets after CPU hotplug).
+    pub async fn cgroup(&self) -> Result<engine::cgroups::Cgroup> {
+        self.with_engine(|e| Ok(e.cgroup().clone())).await
     }
 }
 
@@ -300,6 +308,7 @@ impl Containers {
             engine: Arc::new(StdMutex::new(container)),
             processes: StdMutex::new(HashMap::from([(id.clone(), init)])),
             finished: StdMutex::new(HashMap::new()),
+            oom_thread: StdMutex::new(None),
         });
         self.map.lock().unwrap().insert(id.clone(), entry);
         info!(subsystem = "container", container_id = %id, pid, "container created");
@@ -362,41 +371,47 @@ impl Containers {
     /// StartContainer: releases the init and starts watching for OOM kills.
     pub async fn start(&self, id: &str) -> Result<()> {
         let c = self.find(id)?;
-        c.with_engine(|e| e.start()).await?;
-        self.watch_oom(&c).await;
+        // The watcher is registered before the init is released, so that an OOM kill right after
+        // the start is not missed.
+        let watcher = c
+            .with_engine(|e| {
+                let watcher = e.cgroup().oom_watcher();
+                e.start()?;
+                Ok(watcher)
+            })
+            .await?;
+        match watcher {
+            Ok(w) => self.watch_oom(&c, w),
+            Err(e) => {
+                warn!(subsystem = "container", container_id = %c.id, error = %format!("{e:#}"), "cannot watch OOM events");
+            }
+        }
         info!(subsystem = "container", container_id = %id, "container started");
         Ok(())
     }
 
-    async fn watch_oom(&self, c: &Arc<ContainerEntry>) {
-        let watcher = match c
-            .with_engine(|e| {
-                e.cgroup()
-                    .oom_watcher()
-                    .map_err(|e| engine::Error::Other(format!("{e:#}")))
-            })
-            .await
-        {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(subsystem = "container", container_id = %c.id, error = %e, "cannot watch OOM events");
-                return;
-            }
-        };
+    fn watch_oom(&self, c: &Arc<ContainerEntry>, watcher: engine::cgroups::OomWatcher) {
         let tx = self.oom_tx.clone();
         let id = c.id.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("oom-watch".into())
             .spawn(move || {
                 let mut watcher = watcher;
                 while let Ok(true) = watcher.wait() {
-                    if tx.blocking_send(id.clone()).is_err() {
-                        break;
+                    // Never block here: RemoveContainer joins this thread.
+                    match tx.try_send(id.clone()) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            warn!(subsystem = "container", container_id = %id, "OOM event dropped: {OOM_QUEUE} events are waiting for GetOOMEvent")
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
                     }
                 }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| warn!(error = %e, "cannot start the OOM watcher thread"));
+            });
+        match spawned {
+            Ok(handle) => *c.oom_thread.lock().unwrap() = Some(handle),
+            Err(e) => warn!(error = %e, "cannot start the OOM watcher thread"),
+        }
     }
 
     /// GetOOMEvent: the id of the next container whose memory cgroup saw an OOM kill.
@@ -608,6 +623,12 @@ impl Containers {
         }
         c.processes.lock().unwrap().clear();
         c.finished.lock().unwrap().clear();
+        // The cgroup is gone, which ends the OOM watcher; wait for it so that its descriptors are
+        // released before the reply.
+        let oom_thread = c.oom_thread.lock().unwrap().take();
+        if let Some(handle) = oom_thread {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
         self.map.lock().unwrap().remove(id);
         info!(subsystem = "container", container_id = %id, "container removed");
         Ok(())

@@ -15,10 +15,15 @@
 //! Records go to a list of [`LogSink`]s. The default sink is stderr, written by a background
 //! thread through a bounded queue so that a slow or blocked console never stalls the agent: when
 //! the queue is full, records are dropped (and counted).
+//!
+//! With `agent.log_vport` (or `KATA_AGENT_LOG_ADDR`) a [`HostSink`] also streams every record to
+//! the host: it listens on the port, keeps records in a bounded buffer while no host is connected
+//! (they are sent when one connects), and drops new records rather than wait when the buffer is
+//! full; the host is told how many were dropped.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::Write;
+use std::io::{self, Write};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -231,6 +236,205 @@ impl LogSink for QueuedSink {
             }
         }
         let _ = done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// Default bound of the [`HostSink`] buffer, in bytes of formatted records.
+pub const HOST_BUFFER_BYTES: usize = 1 << 20;
+/// How long a write to the host may stall before the connection is considered dead.
+const HOST_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Streams records to a host that connects to a listening socket (the log vport).
+///
+/// Records are queued in a buffer bounded by bytes; a writer thread sends them to the connected
+/// host in order. While no host is connected (before the first connection, or after one went
+/// away) records wait in the buffer; when it is full, new records are dropped and counted, and the
+/// host gets a warning record with the count at the place where records are missing. A new
+/// connection replaces the current one. Logging never waits for the host.
+pub struct HostSink {
+    shared: Arc<HostShared>,
+}
+
+struct HostShared {
+    state: Mutex<HostState>,
+    /// Signalled when records are queued, a connection arrives, or the writer made progress.
+    changed: std::sync::Condvar,
+    capacity: usize,
+}
+
+/// An entry of the host buffer: a record, or the place where records were dropped.
+enum HostItem {
+    Line(Vec<u8>),
+    Gap(u64),
+}
+
+#[derive(Default)]
+struct HostState {
+    queue: std::collections::VecDeque<HostItem>,
+    /// Bytes of the queued records (gaps cost nothing).
+    bytes: usize,
+    /// Records dropped since the start.
+    dropped: u64,
+    conn: Option<Arc<crate::endpoint::StdStream>>,
+    /// Bumped for every new connection, so that a failed write drops only its own connection.
+    generation: u64,
+    /// A write is in progress (the queue may look empty while the last record is being sent).
+    writing: bool,
+}
+
+impl HostState {
+    /// Counts a dropped record at the current end of the queue.
+    fn drop_records(&mut self, n: u64) {
+        self.dropped += n;
+        match self.queue.back_mut() {
+            Some(HostItem::Gap(count)) => *count += n,
+            _ => self.queue.push_back(HostItem::Gap(n)),
+        }
+    }
+}
+
+/// The record that tells the host how many records it missed at that point.
+fn gap_record(count: u64) -> Vec<u8> {
+    let mut fields = Fields::default();
+    fields.set("subsystem".into(), Value::String("logging".into()));
+    fields.set(
+        "msg".into(),
+        Value::String("log records dropped: the host was absent or slow".into()),
+    );
+    fields.set("dropped".into(), Value::from(count));
+    format_record(
+        SystemTime::now(),
+        LogLevel::Warn,
+        std::process::id(),
+        &fields,
+    )
+}
+
+impl HostSink {
+    /// Binds `endpoint` and starts the accept and writer threads.
+    pub fn listen(endpoint: &crate::endpoint::Endpoint, capacity: usize) -> io::Result<HostSink> {
+        let listener = endpoint.listen_std()?;
+        let sink = HostSink::unconnected(capacity);
+        let shared = sink.shared.clone();
+        std::thread::Builder::new()
+            .name("log-accept".into())
+            .spawn(move || loop {
+                match listener.accept() {
+                    Ok(stream) => shared.connect(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            })?;
+        Ok(sink)
+    }
+
+    /// A sink with no listener: records are buffered until [`HostSink::connect`].
+    fn unconnected(capacity: usize) -> HostSink {
+        let shared = Arc::new(HostShared {
+            state: Mutex::new(HostState::default()),
+            changed: std::sync::Condvar::new(),
+            capacity,
+        });
+        let writer = shared.clone();
+        let _ = std::thread::Builder::new()
+            .name("log-host".into())
+            .spawn(move || writer.run());
+        HostSink { shared }
+    }
+
+    /// Records dropped so far because the buffer was full.
+    #[allow(dead_code)]
+    pub fn dropped(&self) -> u64 {
+        self.shared.lock().dropped
+    }
+}
+
+impl HostShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HostState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connect(&self, stream: crate::endpoint::StdStream) {
+        let _ = stream.set_write_timeout(Some(HOST_WRITE_TIMEOUT));
+        let mut st = self.lock();
+        if let Some(old) = st.conn.take() {
+            // Unblocks a writer stuck on the old connection.
+            let _ = old.shutdown(std::net::Shutdown::Both);
+        }
+        st.conn = Some(Arc::new(stream));
+        st.generation += 1;
+        self.changed.notify_all();
+    }
+
+    fn run(&self) {
+        let mut st = self.lock();
+        loop {
+            let (Some(conn), Some(item)) = (st.conn.clone(), st.queue.pop_front()) else {
+                st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            let generation = st.generation;
+            let line = match &item {
+                HostItem::Line(line) => {
+                    st.bytes -= line.len();
+                    Cow::Borrowed(line.as_slice())
+                }
+                HostItem::Gap(n) => Cow::Owned(gap_record(*n)),
+            };
+            st.writing = true;
+            drop(st);
+            let result = (&*conn).write_all(&line);
+            st = self.lock();
+            st.writing = false;
+            if result.is_err() {
+                if st.generation == generation {
+                    st.conn = None;
+                }
+                // The entry goes to the next host instead, if it still fits.
+                match item {
+                    HostItem::Line(line) if st.bytes + line.len() <= self.capacity => {
+                        st.bytes += line.len();
+                        st.queue.push_front(HostItem::Line(line));
+                    }
+                    HostItem::Line(_) => {
+                        st.dropped += 1;
+                        st.queue.push_front(HostItem::Gap(1));
+                    }
+                    gap => st.queue.push_front(gap),
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+}
+
+impl LogSink for HostSink {
+    fn write_record(&self, line: &[u8]) {
+        let mut st = self.shared.lock();
+        if st.bytes + line.len() > self.shared.capacity {
+            st.drop_records(1);
+            return;
+        }
+        st.bytes += line.len();
+        st.queue.push_back(HostItem::Line(line.to_vec()));
+        self.shared.changed.notify_all();
+    }
+
+    /// Waits until the buffer is sent, but only while a host is connected.
+    fn flush(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        while st.conn.is_some() && (!st.queue.is_empty() || st.writing) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 }
 
@@ -517,12 +721,32 @@ static INIT_LOCK: Mutex<()> = Mutex::new(());
 /// Installs the JSON logger as the process-wide `tracing` subscriber, writing to stderr.
 ///
 /// A second call only changes the level and returns a handle on the same logger.
+#[allow(dead_code)]
 pub fn init(level: LogLevel) -> LogHandle {
+    init_with(
+        level,
+        Vec::new(),
+        None::<tracing_subscriber::layer::Identity>,
+    )
+}
+
+/// Like [`init`], with more sinks (e.g. a [`HostSink`]) that receive every record from the first
+/// one on, and an extra layer (e.g. the OpenTelemetry layer) under the JSON layer. The extra
+/// sinks and layer are only used by the first call.
+pub fn init_with<L>(level: LogLevel, sinks: Vec<Arc<dyn LogSink>>, extra: Option<L>) -> LogHandle
+where
+    L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
     let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let logger = GLOBAL.get_or_init(|| {
         let logger = Logger::new(level);
         logger.add_sink(Arc::new(QueuedSink::stderr()));
-        let subscriber = tracing_subscriber::registry().with(JsonLayer::new(logger.clone()));
+        for sink in sinks {
+            logger.add_sink(sink);
+        }
+        let subscriber = tracing_subscriber::registry()
+            .with(extra)
+            .with(JsonLayer::new(logger.clone()));
         // Fails only if another global subscriber exists (never in the agent); records then go
         // to that subscriber instead.
         let _ = tracing::subscriber::set_global_default(subscriber);
@@ -772,6 +996,86 @@ mod tests {
         assert!(sink.dropped() >= 90, "dropped {}", sink.dropped());
         drop(held);
         sink.flush(Duration::from_secs(5));
+    }
+
+    fn host_pair(capacity: usize) -> (HostSink, impl FnMut() -> Option<Vec<u8>>) {
+        let sink = HostSink::unconnected(capacity);
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let shared = sink.shared.clone();
+        let connect = move || shared.connect(crate::endpoint::StdStream::Unix(ours));
+        let mut connect = Some(connect);
+        let mut reader = std::io::BufReader::new(theirs);
+        let next = move || {
+            if let Some(c) = connect.take() {
+                c();
+                reader
+                    .get_ref()
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+            }
+            let mut line = Vec::new();
+            match std::io::BufRead::read_until(&mut reader, b'\n', &mut line) {
+                Ok(n) if n > 0 => Some(line),
+                _ => None,
+            }
+        };
+        (sink, next)
+    }
+
+    #[test]
+    fn host_sink_keeps_records_until_the_host_connects() {
+        let (sink, mut next) = host_pair(3 * 8);
+        for i in 0..5 {
+            sink.write_record(format!("record{i}\n").as_bytes());
+        }
+        assert_eq!(sink.dropped(), 2);
+        for i in 0..3 {
+            assert_eq!(next().unwrap(), format!("record{i}\n").into_bytes());
+        }
+        let gap: Value = serde_json::from_slice(&next().unwrap()).unwrap();
+        assert_eq!(gap["level"], "WARN");
+        assert_eq!(gap["dropped"], 2);
+        // Connected: later records flow through.
+        sink.write_record(b"later\n");
+        assert_eq!(next().unwrap(), b"later\n");
+        sink.flush(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn host_sink_never_blocks_on_a_reader_that_does_not_read() {
+        let (sink, mut next) = host_pair(64 * 1024);
+        sink.write_record(b"first\n");
+        assert_eq!(next().unwrap(), b"first\n"); // connected, then the reader stops reading
+        let line = vec![b'x'; 1023];
+        let start = Instant::now();
+        for _ in 0..10_000 {
+            sink.write_record(&[line.as_slice(), b"\n"].concat());
+        }
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(sink.dropped() > 0);
+    }
+
+    #[test]
+    fn host_sink_moves_to_a_new_connection() {
+        let sink = HostSink::unconnected(1024);
+        let (a, mut a_peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        sink.shared.connect(crate::endpoint::StdStream::Unix(a));
+        sink.write_record(b"one\n");
+        let mut buf = [0u8; 4];
+        std::io::Read::read_exact(&mut a_peer, &mut buf).unwrap();
+        assert_eq!(&buf, b"one\n");
+        let (b, mut b_peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        sink.shared.connect(crate::endpoint::StdStream::Unix(b));
+        sink.write_record(b"two\n");
+        b_peer
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        std::io::Read::read_exact(&mut b_peer, &mut buf).unwrap();
+        assert_eq!(&buf, b"two\n");
+        // The old connection was shut down.
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut a_peer, &mut rest).unwrap();
+        assert!(rest.is_empty());
     }
 
     #[test]

@@ -4,17 +4,24 @@
 //! child reaper, then the ttRPC server until DestroySandbox or a termination signal.
 
 mod config;
+mod console;
 mod container;
+mod device;
+mod endpoint;
 mod error;
 mod guest;
 mod init;
 mod io;
 mod logging;
+mod metrics;
 mod namespaces;
+mod network;
 mod oci;
 mod rpc;
 mod sandbox;
 mod server;
+mod storage;
+mod telemetry;
 mod version;
 
 use std::sync::Arc;
@@ -97,7 +104,19 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
     }
     let (cfg, warnings) = config::AgentConfig::load(args)?;
     let cfg = Arc::new(cfg);
-    let _log = logging::init(cfg.log_level);
+    // Log stream to the host and trace export: both must be in place before the first record.
+    let mut sinks: Vec<Arc<dyn logging::LogSink>> = Vec::new();
+    if let Some(ep) = endpoint::log_endpoint(&cfg)? {
+        let sink = logging::HostSink::listen(&ep, logging::HOST_BUFFER_BYTES).map_err(|e| {
+            anyhow::anyhow!("cannot listen for the log stream on {ep}: {e}")
+        })?;
+        sinks.push(Arc::new(sink));
+    }
+    let (telemetry, otel_layer) = telemetry::setup(&cfg)?.unzip();
+    let log = logging::init_with(cfg.log_level, sinks, otel_layer);
+    if let Some(t) = &telemetry {
+        t.start();
+    }
     for w in warnings {
         warn!(subsystem = "config", "{w}");
     }
@@ -125,8 +144,20 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let agent = sandbox::Agent::new(cfg.clone(), init_mode);
+    // Hot-plugged devices announce themselves through uevents: listen from the start.
+    if let Err(e) = agent.devices.start_listener() {
+        warn!(subsystem = "uevent", error = %e, "cannot listen for uevents; device hot-plug waits will time out");
+    }
     let reason = runtime.block_on(async {
-        let reason = server::serve(agent.clone(), &cfg.server_addr).await?;
+        let console = console::start(&cfg).unwrap_or_else(|e| {
+            error!(subsystem = "debug-console", error = %e, "the debug console did not start");
+            None
+        });
+        let reason = server::serve(agent.clone(), &cfg.server_addr).await;
+        if let Some(console) = console {
+            console.stop(std::time::Duration::from_secs(5)).await;
+        }
+        let reason = reason?;
         if let server::StopReason::Signal(sig) = reason {
             info!(signal = sig, "stopping on signal");
             rpc::shutdown_cleanup(&agent).await;
@@ -135,5 +166,9 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
     })?;
     info!(reason = ?reason, "agent stopped");
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    if let Some(t) = telemetry {
+        t.shutdown(std::time::Duration::from_secs(5));
+    }
+    log.flush(std::time::Duration::from_secs(2));
     Ok(())
 }

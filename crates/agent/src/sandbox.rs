@@ -31,6 +31,10 @@ pub struct Paths {
     pub resolv_conf: PathBuf,
     /// The sysfs root (`/sys`, or a synthetic tree in tests).
     pub sysfs_root: PathBuf,
+    /// Where device nodes live (`/dev`, or a test directory).
+    pub dev_root: PathBuf,
+    /// The shared containers directory (CopyFile root, shared file system mount point).
+    pub shared_dir: PathBuf,
 }
 
 impl Paths {
@@ -41,6 +45,8 @@ impl Paths {
             sandbox_ns_dir: cfg.sandbox_ns_dir.clone(),
             resolv_conf: cfg.resolv_conf.clone(),
             sysfs_root: cfg.sysfs_root.clone(),
+            dev_root: cfg.dev_root.clone(),
+            shared_dir: cfg.run_dir.join("shared/containers"),
         }
     }
 }
@@ -88,6 +94,10 @@ pub struct Agent {
     pub init_mode: bool,
     pub sandbox: Mutex<SandboxState>,
     pub containers: Containers,
+    /// Storages of the sandbox and its containers (refcounted by mount point).
+    pub storages: crate::storage::Storages,
+    /// Devices seen through uevents, and waiting for hot-plugged ones.
+    pub devices: crate::device::Devices,
     engine: engine::EngineConfig,
     shutdown_tx: watch::Sender<Shutdown>,
 }
@@ -103,12 +113,16 @@ impl Agent {
             agent_pid_is_1: init_mode,
             ..Default::default()
         };
+        let storages = crate::storage::Storages::new(&paths.run_dir);
+        let devices = crate::device::Devices::new(&paths.sysfs_root, &paths.dev_root);
         Arc::new(Agent {
             config,
             paths,
             init_mode,
             sandbox: Mutex::new(SandboxState::default()),
             containers: Containers::default(),
+            storages,
+            devices,
             engine,
             shutdown_tx,
         })

@@ -398,6 +398,20 @@ impl Container {
     /// started, or init gone.
     pub fn start(&mut self) -> Result<()> {
         self.check_alive()?;
+        // The FIFO alone cannot tell: right after a start the init may not have consumed the
+        // byte and closed its end yet, and a second writer would succeed.
+        if self.started {
+            return Err(other(format!(
+                "The container {} has already been started.",
+                self.id
+            )));
+        }
+        if let Some(code) = self.init_exit.try_get() {
+            return Err(other(format!(
+                "The container {} cannot be started: its init process has exited (status {code}).",
+                self.id
+            )));
+        }
         let fifo = self.bundle.join("exec.fifo");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -429,6 +443,13 @@ impl Container {
     /// binary does not exist) is an error of this call.
     pub fn exec(&self, process: &Process, stdio: Stdio) -> Result<(i32, ExitWatch)> {
         self.check_alive()?;
+        if self.paused {
+            // The setup process would be frozen as soon as it joined the cgroup.
+            return Err(other(format!(
+                "The container {} is paused; resume it before running a process in it.",
+                self.id
+            )));
+        }
         validate_process_args(process.args().as_deref())?;
         let mut process = process.clone();
         if process.capabilities().is_none() {

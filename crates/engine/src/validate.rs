@@ -213,6 +213,19 @@ pub fn validate_spec(spec: &Spec) -> Result<()> {
         }
     }
 
+    if let Some(cg) = linux.cgroups_path() {
+        // `:` separates the levels of a systemd-style path; either way no level may be "..".
+        let text = cg.to_string_lossy();
+        if text
+            .split([':', '/'])
+            .any(|level| level == ".." || level.contains('\0'))
+        {
+            return Err(invalid(format!(
+                "The cgroups path {text:?} must not contain '..'."
+            )));
+        }
+    }
+
     for p in linux
         .masked_paths()
         .iter()

@@ -20,16 +20,6 @@ use crate::sandbox::Agent;
 const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
 
 pub async fn create_container(agent: &Agent, req: CreateContainerRequest) -> Result<Empty> {
-    if !req.storages.is_empty() {
-        let drivers: Vec<&str> = req.storages.iter().map(|s| s.driver.as_str()).collect();
-        return Err(AgentError::unimplemented(format!(
-            "storages are not supported yet (drivers requested: {})",
-            drivers.join(", ")
-        )));
-    }
-    if !req.devices.is_empty() {
-        return Err(AgentError::unimplemented("devices are not supported yet"));
-    }
     if !req.shared_mounts.is_empty() {
         return Err(AgentError::unimplemented(
             "shared_mounts are not supported yet",
@@ -39,18 +29,25 @@ pub async fn create_container(agent: &Agent, req: CreateContainerRequest) -> Res
         .OCI
         .as_ref()
         .ok_or_else(|| AgentError::invalid_argument("the request has no OCI spec"))?;
-    let spec = oci::spec_from_proto(proto_spec)?;
-    agent
+    let mut spec = oci::spec_from_proto(proto_spec)?;
+    // Devices and storages (storage.rs): everything is checked before anything is waited for or
+    // mounted, and the storages are released again if the container cannot be created.
+    let added = super::storage::prepare_container(agent, &req, &mut spec).await?;
+    let created = agent
         .containers
         .create(
             agent,
             CreateParams {
-                id: req.container_id,
+                id: req.container_id.clone(),
                 spec,
                 sandbox_pidns: req.sandbox_pidns,
             },
         )
-        .await?;
+        .await;
+    if let Err(e) = created {
+        super::storage::rollback_container(agent, &req.container_id, &added).await;
+        return Err(e);
+    }
     Ok(Empty::new())
 }
 
@@ -67,6 +64,7 @@ pub async fn remove_container(agent: &Agent, req: RemoveContainerRequest) -> Res
             Duration::from_secs(u64::from(req.timeout)),
         )
         .await?;
+    super::storage::release_container(agent, &req.container_id).await;
     Ok(Empty::new())
 }
 

@@ -30,9 +30,14 @@ pub async fn get_guest_details(
         .iter()
         .map(|s| s.to_string())
         .collect();
-    // Storage drivers and device handlers arrive with the storage and device work; none yet.
-    details.storage_handlers = Vec::new();
-    details.device_handlers = Vec::new();
+    details.storage_handlers = crate::storage::DRIVERS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    details.device_handlers = crate::device::DEVICE_HANDLERS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let mut resp = GuestDetailsResponse::new();
     resp.mem_block_size_bytes = mem.block_size_bytes;
     resp.support_mem_hotplug_probe = mem.hotplug_probe;

@@ -1,13 +1,14 @@
-//! GetMetrics: the Prometheus text exposition of the agent and guest.
+//! GetMetrics: the Prometheus text exposition of the agent, the guest and the containers.
 
-#![allow(unused_imports)]
+use protocols::agent;
 
-use protobuf::well_known_types::empty::Empty;
-use protocols::{agent, csi, types};
-
-use crate::error::{AgentError, Result};
+use crate::error::Result;
 use crate::sandbox::Agent;
 
-pub async fn get_metrics(_agent: &Agent, _req: agent::GetMetricsRequest) -> Result<agent::Metrics> {
-    Err(AgentError::not_implemented_yet("GetMetrics"))
+pub async fn get_metrics(agent: &Agent, _req: agent::GetMetricsRequest) -> Result<agent::Metrics> {
+    let text = crate::metrics::gather(agent).await?;
+    Ok(agent::Metrics {
+        metrics: text,
+        ..Default::default()
+    })
 }

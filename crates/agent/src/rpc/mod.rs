@@ -50,132 +50,184 @@ struct AgentRpc {
 impl agent_ttrpc::AgentService for AgentRpc {
     async fn create_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::CreateContainerRequest,
     ) -> Reply<Empty> {
-        containers::create_container(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "create_container",
+            req,
+            containers::create_container(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn start_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::StartContainerRequest,
     ) -> Reply<Empty> {
-        containers::start_container(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "start_container",
+            req,
+            containers::start_container(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn remove_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::RemoveContainerRequest,
     ) -> Reply<Empty> {
-        containers::remove_container(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "remove_container",
+            req,
+            containers::remove_container(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn exec_process(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::ExecProcessRequest,
     ) -> Reply<Empty> {
-        containers::exec_process(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "exec_process",
+            req,
+            containers::exec_process(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn signal_process(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::SignalProcessRequest,
     ) -> Reply<Empty> {
-        containers::signal_process(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "signal_process",
+            req,
+            containers::signal_process(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn wait_process(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::WaitProcessRequest,
     ) -> Reply<agent::WaitProcessResponse> {
-        containers::wait_process(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "wait_process",
+            req,
+            containers::wait_process(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn update_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::UpdateContainerRequest,
     ) -> Reply<Empty> {
-        containers::update_container(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "update_container",
+            req,
+            containers::update_container(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn update_ephemeral_mounts(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::UpdateEphemeralMountsRequest,
     ) -> Reply<Empty> {
-        storage::update_ephemeral_mounts(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "update_mounts",
+            req,
+            storage::update_ephemeral_mounts(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn stats_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::StatsContainerRequest,
     ) -> Reply<agent::StatsContainerResponse> {
-        containers::stats_container(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "stats_container",
+            req,
+            containers::stats_container(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn pause_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::PauseContainerRequest,
     ) -> Reply<Empty> {
-        containers::pause_container(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "pause_container",
+            req,
+            containers::pause_container(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn resume_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::ResumeContainerRequest,
     ) -> Reply<Empty> {
-        containers::resume_container(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "resume_container",
+            req,
+            containers::resume_container(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn remove_stale_virtiofs_share_mounts(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::RemoveStaleVirtiofsShareMountsRequest,
     ) -> Reply<Empty> {
-        guest::remove_stale_virtiofs_share_mounts(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "remove_stale_virtiofs_share_mounts",
+            req,
+            guest::remove_stale_virtiofs_share_mounts(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn get_diagnostic_data(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::GetDiagnosticDataRequest,
     ) -> Reply<agent::GetDiagnosticDataResponse> {
-        containers::get_diagnostic_data(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "get_diagnostic_data",
+            req,
+            containers::get_diagnostic_data(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn write_stdin(
@@ -208,104 +260,135 @@ impl agent_ttrpc::AgentService for AgentRpc {
             .map_err(AgentError::into_ttrpc)
     }
 
-    async fn close_stdin(
-        &self,
-        _ctx: &TtrpcContext,
-        req: agent::CloseStdinRequest,
-    ) -> Reply<Empty> {
-        io::close_stdin(&self.agent, req)
-            .await
+    async fn close_stdin(&self, ctx: &TtrpcContext, req: agent::CloseStdinRequest) -> Reply<Empty> {
+        crate::traced_rpc!(ctx, "close_stdin", req, io::close_stdin(&self.agent, req))
             .map_err(AgentError::into_ttrpc)
     }
 
     async fn tty_win_resize(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::TtyWinResizeRequest,
     ) -> Reply<Empty> {
-        io::tty_win_resize(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "tty_win_resize",
+            req,
+            io::tty_win_resize(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn update_interface(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::UpdateInterfaceRequest,
     ) -> Reply<types::Interface> {
-        network::update_interface(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "update_interface",
+            req,
+            network::update_interface(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn update_routes(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::UpdateRoutesRequest,
     ) -> Reply<agent::Routes> {
-        network::update_routes(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "update_routes",
+            req,
+            network::update_routes(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn list_interfaces(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::ListInterfacesRequest,
     ) -> Reply<agent::Interfaces> {
-        network::list_interfaces(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "list_interfaces",
+            req,
+            network::list_interfaces(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn list_routes(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::ListRoutesRequest,
     ) -> Reply<agent::Routes> {
-        network::list_routes(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "list_routes",
+            req,
+            network::list_routes(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn add_arp_neighbors(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::AddARPNeighborsRequest,
     ) -> Reply<Empty> {
-        network::add_arp_neighbors(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "add_arp_neighbors",
+            req,
+            network::add_arp_neighbors(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn get_ip_tables(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::GetIPTablesRequest,
     ) -> Reply<agent::GetIPTablesResponse> {
-        network::get_ip_tables(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "get_iptables",
+            req,
+            network::get_ip_tables(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn set_ip_tables(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::SetIPTablesRequest,
     ) -> Reply<agent::SetIPTablesResponse> {
-        network::set_ip_tables(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "set_iptables",
+            req,
+            network::set_ip_tables(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn get_metrics(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::GetMetricsRequest,
     ) -> Reply<agent::Metrics> {
-        metrics::get_metrics(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "get_metrics",
+            req,
+            metrics::get_metrics(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn mem_agent_memcg_set(
@@ -326,77 +409,104 @@ impl agent_ttrpc::AgentService for AgentRpc {
 
     async fn create_sandbox(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::CreateSandboxRequest,
     ) -> Reply<Empty> {
-        sandbox::create_sandbox(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "create_sandbox",
+            req,
+            sandbox::create_sandbox(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn destroy_sandbox(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::DestroySandboxRequest,
     ) -> Reply<Empty> {
-        sandbox::destroy_sandbox(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "destroy_sandbox",
+            req,
+            sandbox::destroy_sandbox(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn online_cpu_mem(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::OnlineCPUMemRequest,
     ) -> Reply<Empty> {
-        storage::online_cpu_mem(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "online_cpu_mem",
+            req,
+            storage::online_cpu_mem(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn reseed_random_dev(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::ReseedRandomDevRequest,
     ) -> Reply<Empty> {
-        guest::reseed_random_dev(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "reseed_random_dev",
+            req,
+            guest::reseed_random_dev(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn get_guest_details(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::GuestDetailsRequest,
     ) -> Reply<agent::GuestDetailsResponse> {
-        guest::get_guest_details(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "get_guest_details",
+            req,
+            guest::get_guest_details(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn mem_hotplug_by_probe(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::MemHotplugByProbeRequest,
     ) -> Reply<Empty> {
-        storage::mem_hotplug_by_probe(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "mem_hotplug_by_probe",
+            req,
+            storage::mem_hotplug_by_probe(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn set_guest_date_time(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::SetGuestDateTimeRequest,
     ) -> Reply<Empty> {
-        guest::set_guest_date_time(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "set_guest_date_time",
+            req,
+            guest::set_guest_date_time(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
-    async fn copy_file(&self, _ctx: &TtrpcContext, req: agent::CopyFileRequest) -> Reply<Empty> {
-        storage::copy_file(&self.agent, req)
-            .await
+    async fn copy_file(&self, ctx: &TtrpcContext, req: agent::CopyFileRequest) -> Reply<Empty> {
+        crate::traced_rpc!(ctx, "copy_file", req, storage::copy_file(&self.agent, req))
             .map_err(AgentError::into_ttrpc)
     }
 
@@ -410,43 +520,54 @@ impl agent_ttrpc::AgentService for AgentRpc {
             .map_err(AgentError::into_ttrpc)
     }
 
-    async fn add_swap(&self, _ctx: &TtrpcContext, req: agent::AddSwapRequest) -> Reply<Empty> {
-        storage::add_swap(&self.agent, req)
-            .await
+    async fn add_swap(&self, ctx: &TtrpcContext, req: agent::AddSwapRequest) -> Reply<Empty> {
+        crate::traced_rpc!(ctx, "add_swap", req, storage::add_swap(&self.agent, req))
             .map_err(AgentError::into_ttrpc)
     }
 
     async fn add_swap_path(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::AddSwapPathRequest,
     ) -> Reply<Empty> {
-        storage::add_swap_path(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "add_swap_path",
+            req,
+            storage::add_swap_path(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn get_volume_stats(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::VolumeStatsRequest,
     ) -> Reply<csi::VolumeStatsResponse> {
-        storage::get_volume_stats(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "get_volume_stats",
+            req,
+            storage::get_volume_stats(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn resize_volume(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: agent::ResizeVolumeRequest,
     ) -> Reply<Empty> {
-        storage::resize_volume(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "resize_volume",
+            req,
+            storage::resize_volume(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
-    async fn set_policy(&self, _ctx: &TtrpcContext, _req: agent::SetPolicyRequest) -> Reply<Empty> {
-        unimplemented("SetPolicy")
+    async fn set_policy(&self, ctx: &TtrpcContext, req: agent::SetPolicyRequest) -> Reply<Empty> {
+        crate::traced_rpc!(ctx, "set_policy", req, async { unimplemented("SetPolicy") })
     }
 }

@@ -4,17 +4,14 @@ use protobuf::well_known_types::empty::Empty;
 use protocols::agent::{CreateSandboxRequest, DestroySandboxRequest};
 use tracing::warn;
 
-use crate::error::{AgentError, Result};
+use crate::error::Result;
 use crate::sandbox::{self, Agent, CreateSandboxParams};
+use crate::storage::Owner;
 
 pub async fn create_sandbox(agent: &Agent, req: CreateSandboxRequest) -> Result<Empty> {
-    if !req.storages.is_empty() {
-        let drivers: Vec<&str> = req.storages.iter().map(|s| s.driver.as_str()).collect();
-        return Err(AgentError::unimplemented(format!(
-            "storages are not supported yet (drivers requested: {})",
-            drivers.join(", ")
-        )));
-    }
+    // Storages are checked before anything changes, and mounted once the sandbox exists.
+    agent.storages.check(&req.storages)?;
+    let storages = req.storages.clone();
     let params = CreateSandboxParams {
         hostname: req.hostname,
         dns: req.dns,
@@ -27,18 +24,41 @@ pub async fn create_sandbox(agent: &Agent, req: CreateSandboxRequest) -> Result<
             .collect(),
     };
     sandbox::create(agent, params).await?;
+    if !storages.is_empty() {
+        agent
+            .storages
+            .add(
+                &super::storage::add_context(agent),
+                &Owner::Sandbox,
+                &storages,
+            )
+            .await?;
+    }
     Ok(Empty::new())
 }
 
+/// Removes every container, then releases every storage (those of the containers removed even if
+/// another one could not be).
+async fn destroy_all(agent: &Agent) -> Result<()> {
+    let removed = agent.containers.remove_all().await;
+    agent
+        .storages
+        .release_gone_containers(&agent.containers.ids())
+        .await;
+    removed?;
+    agent.storages.release_all().await;
+    Ok(())
+}
+
 pub async fn destroy_sandbox(agent: &Agent, _req: DestroySandboxRequest) -> Result<Empty> {
-    sandbox::destroy(agent, || agent.containers.remove_all()).await?;
+    sandbox::destroy(agent, || destroy_all(agent)).await?;
     Ok(Empty::new())
 }
 
 /// Tears everything down when the agent is told to stop by a signal (standalone mode), so that no
 /// container outlives its agent.
 pub async fn shutdown_cleanup(agent: &Agent) {
-    if let Err(e) = sandbox::destroy(agent, || agent.containers.remove_all()).await {
+    if let Err(e) = sandbox::destroy(agent, || destroy_all(agent)).await {
         warn!(subsystem = "sandbox", error = %e, "cleanup on shutdown was incomplete");
     }
 }

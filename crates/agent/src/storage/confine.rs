@@ -1,0 +1,437 @@
+//! Confinement of host-supplied paths to the agent's roots.
+//!
+//! Every path a request names (mount points, bind sources, CopyFile targets, device nodes) is
+//! first checked lexically (absolute, no `..`, no NUL, inside a root), then resolved with
+//! `openat2(RESOLVE_BENEATH)` relative to the root: a symlink is followed only while it stays
+//! below the root, so an absolute symlink or a `..` escape fails with a clear error instead of
+//! reaching a path outside. Work is then done through the resolved file descriptor
+//! (`/proc/self/fd/N`), so a path swapped after the check cannot redirect it.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{AgentError, Result};
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// `openat2(dirfd, rel, flags, mode)` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`.
+pub fn open_beneath(dirfd: RawFd, rel: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    openat2(dirfd, rel, flags, mode, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+}
+
+/// Like [`open_beneath`], but no symlink at all may be crossed (for trees the host controls).
+pub fn open_no_symlinks(dirfd: RawFd, rel: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    openat2(
+        dirfd,
+        rel,
+        flags,
+        mode,
+        RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS,
+    )
+}
+
+fn openat2(dirfd: RawFd, rel: &Path, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let c = cstr(rel)?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: mode as u64,
+        resolve,
+    };
+    loop {
+        // SAFETY: openat2 with a valid NUL-terminated path and a correctly sized struct.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd,
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel just returned this descriptor.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EAGAIN) && e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// The `/proc/self/fd/N` path naming an open descriptor.
+pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// The path the kernel reports for an open descriptor.
+pub fn real_path(fd: &OwnedFd) -> io::Result<PathBuf> {
+    std::fs::read_link(fd_path(fd))
+}
+
+/// Checks a host-supplied path lexically: non-empty, absolute, no NUL byte, no `..`.
+/// Returns it with `.` components and repeated or trailing slashes removed.
+pub fn clean_absolute(what: &str, path: &str) -> Result<PathBuf> {
+    if path.is_empty() {
+        return Err(AgentError::invalid_argument(format!("{what} is empty")));
+    }
+    if path.contains('\0') {
+        return Err(AgentError::invalid_argument(format!(
+            "{what} {path:?} contains a NUL byte"
+        )));
+    }
+    if !path.starts_with('/') {
+        return Err(AgentError::invalid_argument(format!(
+            "{what} {path:?} is not an absolute path"
+        )));
+    }
+    let mut out = PathBuf::from("/");
+    for comp in Path::new(path).components() {
+        match comp {
+            Component::Normal(c) => out.push(c),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(AgentError::invalid_argument(format!(
+                    "{what} {path:?} contains \"..\""
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A directory that host paths must stay below.
+#[derive(Debug, Clone)]
+pub struct Root {
+    /// The root as configured (host paths are compared against this spelling).
+    pub path: PathBuf,
+    /// Open `O_PATH` descriptor of the root, made on first use.
+    fd: Arc<std::sync::OnceLock<OwnedFd>>,
+}
+
+/// A path resolved below a [`Root`].
+#[derive(Debug)]
+pub struct Resolved {
+    /// `O_PATH` descriptor of the object.
+    pub fd: OwnedFd,
+    /// Its path as the kernel reports it (for mount tables and messages).
+    pub real: PathBuf,
+    /// Its path relative to the root (to resolve it again, e.g. after a mount).
+    pub rel: PathBuf,
+}
+
+impl Root {
+    pub fn new(path: impl Into<PathBuf>) -> Root {
+        Root {
+            path: path.into(),
+            fd: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// The part of `path` below this root (`None` if `path` is not inside it, component-wise).
+    pub fn relative<'a>(&self, path: &'a Path) -> Option<&'a Path> {
+        path.strip_prefix(&self.path).ok()
+    }
+
+    /// Whether `path` lies strictly below the root.
+    pub fn contains(&self, path: &Path) -> bool {
+        self.relative(path)
+            .is_some_and(|r| !r.as_os_str().is_empty())
+    }
+
+    /// Descriptor of the root directory (created if missing).
+    pub fn fd(&self) -> Result<RawFd> {
+        if let Some(fd) = self.fd.get() {
+            return Ok(fd.as_raw_fd());
+        }
+        std::fs::create_dir_all(&self.path).map_err(|e| {
+            AgentError::internal(format!("cannot create {}: {e}", self.path.display()))
+        })?;
+        let file = std::fs::File::open(&self.path).map_err(|e| {
+            AgentError::internal(format!("cannot open {}: {e}", self.path.display()))
+        })?;
+        let _ = self.fd.set(OwnedFd::from(file));
+        Ok(self.fd.get().expect("just set").as_raw_fd())
+    }
+
+    /// The relative part of a (lexically clean) host path, or an INVALID_ARGUMENT error.
+    pub fn rel_of<'a>(&self, what: &str, path: &'a Path) -> Result<&'a Path> {
+        self.relative(path).ok_or_else(|| {
+            AgentError::invalid_argument(format!(
+                "{what} {} is outside {}",
+                path.display(),
+                self.path.display()
+            ))
+        })
+    }
+
+    /// Resolves an existing object below the root.
+    pub fn resolve(&self, what: &str, path: &Path) -> Result<Resolved> {
+        let rel = self.rel_of(what, path)?.to_path_buf();
+        self.resolve_rel(what, path, rel)
+    }
+
+    fn resolve_rel(&self, what: &str, shown: &Path, rel: PathBuf) -> Result<Resolved> {
+        let fd = open_beneath(self.fd()?, &rel, libc::O_PATH, 0)
+            .map_err(|e| resolve_error(what, shown, &self.path, e))?;
+        let real = real_path(&fd).map_err(|e| {
+            AgentError::internal(format!("cannot read the path of {}: {e}", shown.display()))
+        })?;
+        Ok(Resolved { fd, real, rel })
+    }
+
+    /// Resolves `rel` again (for instance to reach the root of a mount just made on it).
+    pub fn reopen(&self, what: &str, r: &Resolved) -> Result<Resolved> {
+        self.resolve_rel(what, &r.real, r.rel.clone())
+    }
+
+    /// `mkdir -p` below the root. Returns the directory and the directories this call created
+    /// (outermost first).
+    pub fn mkdir_all(&self, what: &str, path: &Path, mode: u32) -> Result<(Resolved, Vec<PathBuf>)> {
+        let rel = self.rel_of(what, path)?.to_path_buf();
+        let root = self.fd()?;
+        let mut created = Vec::new();
+        let mut cur = PathBuf::new();
+        let mut dir = open_beneath(root, Path::new(""), libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(|e| resolve_error(what, path, &self.path, e))?;
+        for comp in rel.components() {
+            let Component::Normal(name) = comp else {
+                continue;
+            };
+            cur.push(name);
+            match open_beneath(root, &cur, libc::O_PATH | libc::O_DIRECTORY, 0) {
+                Ok(fd) => dir = fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    let c = cstr(Path::new(name)).map_err(|e| {
+                        AgentError::invalid_argument(format!("{what} {}: {e}", path.display()))
+                    })?;
+                    // The parent was resolved beneath the root; a plain name cannot leave it.
+                    // SAFETY: mkdirat relative to a descriptor we own.
+                    let rc = unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) };
+                    let made = rc == 0;
+                    if !made {
+                        let err = io::Error::last_os_error();
+                        if err.raw_os_error() != Some(libc::EEXIST) {
+                            return Err(AgentError::internal(format!(
+                                "cannot create directory {}: {err}",
+                                self.path.join(&cur).display()
+                            )));
+                        }
+                    }
+                    dir = open_beneath(root, &cur, libc::O_PATH | libc::O_DIRECTORY, 0)
+                        .map_err(|e| resolve_error(what, path, &self.path, e))?;
+                    if made {
+                        // mkdir honours the umask; set the requested mode exactly.
+                        let _ = std::fs::set_permissions(
+                            fd_path(&dir),
+                            std::os::unix::fs::PermissionsExt::from_mode(mode),
+                        );
+                        created.push(self.path.join(&cur));
+                    }
+                }
+                Err(e) => return Err(resolve_error(what, path, &self.path, e)),
+            }
+        }
+        let real = real_path(&dir).map_err(|e| {
+            AgentError::internal(format!("cannot read the path of {}: {e}", path.display()))
+        })?;
+        Ok((
+            Resolved {
+                fd: dir,
+                real,
+                rel,
+            },
+            created,
+        ))
+    }
+
+    /// Creates (if missing) an empty regular file below the root, parents included. Returns it
+    /// and what this call created (outermost first).
+    pub fn create_file(&self, what: &str, path: &Path, mode: u32) -> Result<(Resolved, Vec<PathBuf>)> {
+        let rel = self.rel_of(what, path)?.to_path_buf();
+        let (name, parent) = match (rel.file_name(), path.parent()) {
+            (Some(n), Some(p)) => (n.to_os_string(), p.to_path_buf()),
+            _ => {
+                return Err(AgentError::invalid_argument(format!(
+                    "{what} {} names the root itself",
+                    path.display()
+                )))
+            }
+        };
+        let (dir, mut created) = self.mkdir_all(what, &parent, 0o755)?;
+        let dirfd = open_beneath(self.fd()?, &dir.rel, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(|e| resolve_error(what, path, &self.path, e))?;
+        let c = cstr(Path::new(&name))
+            .map_err(|e| AgentError::invalid_argument(format!("{what}: {e}")))?;
+        // SAFETY: openat relative to a descriptor we own; O_NOFOLLOW refuses a symlink.
+        let fd = unsafe {
+            libc::openat(
+                dirfd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel just returned this descriptor.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            created.push(path.to_path_buf());
+        } else {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EEXIST) {
+                return Err(AgentError::internal(format!(
+                    "cannot create {}: {err}",
+                    path.display()
+                )));
+            }
+        }
+        let r = self.resolve(what, path)?;
+        Ok((r, created))
+    }
+}
+
+impl Root {
+    /// Removes `path` (a file, a symlink, or a directory: empty unless `recursive`), resolving
+    /// its parent below the root. A missing path is fine; a non-empty directory without
+    /// `recursive` is left in place.
+    pub fn remove(&self, path: &Path, recursive: bool) -> Result<()> {
+        let Some(name) = path.file_name() else {
+            return Ok(());
+        };
+        let Some(parent) = path.parent() else {
+            return Ok(());
+        };
+        let dir = match self.resolve("path", parent) {
+            Ok(d) => d,
+            Err(e) if e.code == ttrpc::Code::NOT_FOUND => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let target = fd_path(&dir.fd).join(name);
+        let meta = match std::fs::symlink_metadata(&target) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(AgentError::internal(format!(
+                    "cannot stat {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        let res = if !meta.is_dir() {
+            std::fs::remove_file(&target)
+        } else if recursive {
+            std::fs::remove_dir_all(&target)
+        } else {
+            match std::fs::remove_dir(&target) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
+                other => other,
+            }
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(AgentError::internal(format!(
+                "cannot remove {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Turns a resolution failure into a clear error with the right code.
+pub fn resolve_error(what: &str, path: &Path, root: &Path, e: io::Error) -> AgentError {
+    match e.raw_os_error() {
+        Some(libc::EXDEV) | Some(libc::ELOOP) => AgentError::invalid_argument(format!(
+            "{what} {} resolves outside {} (symlink escape refused)",
+            path.display(),
+            root.display()
+        )),
+        Some(libc::ENOENT) => {
+            AgentError::not_found(format!("{what} {} does not exist", path.display()))
+        }
+        Some(libc::ENOTDIR) => AgentError::invalid_argument(format!(
+            "{what} {}: a path component is not a directory",
+            path.display()
+        )),
+        _ => AgentError::internal(format!("cannot resolve {what} {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_checks() {
+        assert_eq!(
+            clean_absolute("p", "/a//b/./c/").unwrap(),
+            PathBuf::from("/a/b/c")
+        );
+        for bad in ["", "a/b", "/a/../b", "/a/\0"] {
+            let e = clean_absolute("p", bad).unwrap_err();
+            assert_eq!(e.code, ttrpc::Code::INVALID_ARGUMENT, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn symlink_escapes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path().join("root"));
+        root.fd().unwrap();
+        std::os::unix::fs::symlink("/etc", root.path.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../..", root.path.join("up")).unwrap();
+        std::fs::create_dir(root.path.join("real")).unwrap();
+        std::os::unix::fs::symlink("real", root.path.join("inside")).unwrap();
+        for p in ["abs/x", "up/x"] {
+            let e = root
+                .mkdir_all("mount point", &root.path.join(p), 0o755)
+                .unwrap_err();
+            assert_eq!(e.code, ttrpc::Code::INVALID_ARGUMENT, "{p}: {e}");
+            assert!(e.message.contains("outside"), "{e}");
+        }
+        let (r, created) = root
+            .mkdir_all("mount point", &root.path.join("inside/a/b"), 0o750)
+            .unwrap();
+        assert_eq!(r.real, root.path.join("real/a/b"));
+        assert_eq!(
+            created,
+            vec![root.path.join("inside/a"), root.path.join("inside/a/b")]
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(root.path.join("real/a/b"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o750);
+        let outside = root.rel_of("p", Path::new("/elsewhere")).unwrap_err();
+        assert_eq!(outside.code, ttrpc::Code::INVALID_ARGUMENT);
+        let (f, created) = root
+            .create_file("file", &root.path.join("real/x/f"), 0o644)
+            .unwrap();
+        assert_eq!(f.real, root.path.join("real/x/f"));
+        assert_eq!(created.len(), 2);
+    }
+}

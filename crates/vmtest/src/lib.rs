@@ -1,0 +1,725 @@
+//! Real-VM harness: our statically linked `kata-agent` as PID 1 of a QEMU guest, reached from the
+//! host over hybrid vsock.
+//!
+//! * [`Assets::prepare`] installs and caches what is needed (`scripts/vm/setup.sh`: QEMU, a Debian
+//!   kernel, `vhost-device-vsock`), builds the static agent (`scripts/build-static.sh`) and the
+//!   initramfs (`scripts/vm/mkinitramfs.sh`).
+//! * [`Vm::start`] runs `vhost-device-vsock` (the guest's vsock device, exposed on the host as a
+//!   unix socket speaking the hybrid-vsock `CONNECT <port>` protocol) and QEMU (TCG, or KVM when the
+//!   host really has it) with a QMP socket, free PCIe root ports for hot-plug, an optional virtio-9p
+//!   share and the kernel command line options of the scenario.
+//! * The agent is reached with [`Vm::connect`] / [`Vm::wait_ready`] (ttRPC over hybrid vsock, port
+//!   1024), other guest ports with [`Vm::connect_port`] (e.g. the log port 1025, the debug console),
+//!   and guest-initiated connections with [`Vm::listen_port`] (e.g. trace spans).
+//!
+//! Both processes are killed when the [`Vm`] is dropped (and, through `PR_SET_PDEATHSIG`, when the
+//! thread that started them dies).
+
+pub mod qmp;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use protocols::health::{health_check_response::ServingStatus, CheckRequest};
+
+pub use qmp::Qmp;
+
+/// Guest CID given to the vsock device.
+pub const GUEST_CID: u32 = 3;
+/// The agent's API port.
+pub const AGENT_PORT: u32 = 1024;
+/// Tag of the virtio-9p share (the name Kata runtimes use).
+pub const SHARE_TAG: &str = "kataShared";
+/// Where the guest's `/init` mounts the 9p share by default (outside /run, which the agent
+/// mounts a tmpfs on).
+pub const DEFAULT_SHARE_AT: &str = "/mnt/shared";
+/// Environment variable that turns the VM tests into skips.
+pub const SKIP_ENV: &str = "KATA_SKIP_VM_TESTS";
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the vmtest crate sits in the workspace")
+}
+
+/// The cache of downloads and builds (`build/vm`, or `$KATA_VM_CACHE`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("KATA_VM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/vm"))
+}
+
+/// Whether `KATA_SKIP_VM_TESTS=1` asks to skip the VM tests.
+pub fn skip_requested() -> bool {
+    std::env::var(SKIP_ENV).is_ok_and(|v| v == "1")
+}
+
+/// What booting a guest needs.
+#[derive(Debug, Clone)]
+pub struct Assets {
+    pub qemu: PathBuf,
+    pub kernel: PathBuf,
+    pub kernel_version: String,
+    pub initrd: PathBuf,
+    pub vhost_vsock: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl Assets {
+    /// Installs/caches the prerequisites, builds the static agent and the initramfs.
+    ///
+    /// The agent is `$KATA_VM_AGENT` if set, else the output of `scripts/build-static.sh`.
+    /// Errors say what is missing and how to get it.
+    pub fn prepare() -> Result<Assets> {
+        let root = workspace_root();
+        let cache = cache_dir();
+        run_script(
+            Command::new(root.join("scripts/vm/setup.sh")),
+            "the VM prerequisites (QEMU, the Debian kernel, vhost-device-vsock) are missing and \
+             scripts/vm/setup.sh could not install them",
+        )?;
+        let agent = match std::env::var_os("KATA_VM_AGENT") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                run_script(
+                    Command::new(root.join("scripts/build-static.sh")),
+                    "the static kata-agent could not be built (scripts/build-static.sh)",
+                )?;
+                root.join("target/release/kata-agent")
+            }
+        };
+        let initrd = cache.join("initramfs.cpio.gz");
+        let mut mk = Command::new(root.join("scripts/vm/mkinitramfs.sh"));
+        mk.arg(&initrd).arg(&agent);
+        run_script(mk, "the guest initramfs could not be built")?;
+        let kdir = cache.join("kernel/current");
+        let kernel_version = std::fs::read_to_string(kdir.join("version"))
+            .context("the cached kernel has no version file")?
+            .trim()
+            .to_string();
+        let assets = Assets {
+            qemu: find_in_path("qemu-system-x86_64")
+                .ok_or_else(|| anyhow!("qemu-system-x86_64 is not installed"))?,
+            kernel: kdir.join("vmlinuz"),
+            kernel_version,
+            initrd,
+            vhost_vsock: cache.join("cargo/bin/vhost-device-vsock"),
+            agent,
+        };
+        for p in [&assets.kernel, &assets.vhost_vsock, &assets.agent] {
+            if !p.exists() {
+                bail!("{} is missing after the set-up", p.display());
+            }
+        }
+        Ok(assets)
+    }
+}
+
+fn run_script(mut cmd: Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{what}: cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        let tail = |b: &[u8]| {
+            let s = String::from_utf8_lossy(b);
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        };
+        bail!(
+            "{what} ({}):\n{}\n{}",
+            out.status,
+            tail(&out.stdout),
+            tail(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// How the guest CPU is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// KVM when `/dev/kvm` exists and the CPU advertises virtualization (vmx/svm): a `/dev/kvm`
+/// without them (nested set-ups) accepts VMs but cannot run them. `KATA_VM_ACCEL=kvm|tcg`
+/// overrides the choice.
+pub fn accel() -> Accel {
+    match std::env::var("KATA_VM_ACCEL").as_deref() {
+        Ok("kvm") => return Accel::Kvm,
+        Ok("tcg") => return Accel::Tcg,
+        _ => {}
+    }
+    let cpu_ok = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| {
+            c.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
+        .unwrap_or(false);
+    let dev_ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if cpu_ok && dev_ok {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
+}
+
+/// A guest to boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Short name (QEMU's `-name`, log prefixes).
+    pub name: String,
+    /// Options appended to the kernel command line (`agent.log=debug`, ...).
+    pub kernel_params: Vec<String>,
+    pub memory_mib: u32,
+    /// vCPUs at boot.
+    pub cpus: u32,
+    /// vCPUs possible (above `cpus`: room for CPU hot-plug).
+    pub max_cpus: u32,
+    /// Host directory shared over virtio-9p with tag [`SHARE_TAG`], and the guest path where the
+    /// guest's `/init` mounts it (`None`: the agent or a scenario mounts it).
+    pub share: Option<(PathBuf, Option<String>)>,
+    /// Empty PCIe root ports for hot-plug, `rp0`, `rp1`, ... (see [`Vm::hotplug_port`]).
+    pub hotplug_ports: u32,
+    /// Run directory (sockets, logs); a fresh temporary directory when `None`.
+    pub run_dir: Option<PathBuf>,
+    /// Extra QEMU arguments.
+    pub qemu_args: Vec<String>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            name: "kata-vm".into(),
+            kernel_params: Vec::new(),
+            memory_mib: 512,
+            cpus: 1,
+            max_cpus: 1,
+            share: None,
+            hotplug_ports: 2,
+            run_dir: None,
+            qemu_args: Vec::new(),
+        }
+    }
+}
+
+/// PCI slot (on the root bus) of the first hot-plug root port.
+const FIRST_PORT_SLOT: u32 = 0x10;
+
+/// Kernel options of every boot: serial console, quiet, power off instead of rebooting, and a
+/// few that save time under TCG (no crypto self-tests, no i8042 probing).
+const BASE_KERNEL_PARAMS: &[&str] = &[
+    "console=ttyS0",
+    "quiet",
+    "panic=-1",
+    "reboot=k",
+    "cryptomgr.notests",
+    "i8042.noaux",
+    "i8042.nomux",
+    "i8042.nopnp",
+    "i8042.dumbkbd",
+    "tsc=reliable",
+    "no_timer_check",
+    "net.ifnames=0",
+];
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct ChildGuard {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    fn spawn(name: &'static str, cmd: &mut Command) -> Result<ChildGuard> {
+        // SAFETY: prctl is async-signal-safe; the child dies with the thread that started it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({cmd:?})"))?;
+        Ok(ChildGuard {
+            name,
+            child: Some(child),
+        })
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                Some(status)
+            }
+            _ => None,
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.is_some() && self.try_wait().is_none()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            eprintln!("vmtest: killing {}", self.name);
+        }
+        self.kill();
+    }
+}
+
+/// A running guest.
+pub struct Vm {
+    pub config: VmConfig,
+    pub accel: Accel,
+    /// Host end of the guest's vsock (hybrid vsock).
+    pub hvsock: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub console: PathBuf,
+    run_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    _lock: Option<File>,
+    started: Instant,
+    // Field order matters: QEMU goes first, then its vsock device.
+    qemu: ChildGuard,
+    vsock: ChildGuard,
+    exit_status: Option<ExitStatus>,
+}
+
+impl Vm {
+    /// Starts vhost-device-vsock and QEMU; returns once QEMU runs (the guest is still booting:
+    /// see [`Vm::wait_ready`]).
+    pub fn start(assets: &Assets, config: VmConfig) -> Result<Vm> {
+        let mut lock = None;
+        let (temp, run_dir) = match &config.run_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                lock = Some(lock_run_dir(d)?);
+                for f in ["hvsock", "vhost.sock", "qmp.sock"] {
+                    let _ = std::fs::remove_file(d.join(f));
+                }
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix(&format!("kata-vm-{}-", config.name))
+                    .tempdir_in("/tmp")?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let hvsock = run_dir.join("hvsock");
+        // Guest-initiated connections land on "<hvsock>_<port>": leave room for the suffix.
+        if hvsock.as_os_str().len() + 7 > 107 {
+            bail!(
+                "the run directory {} is too long for unix socket paths",
+                run_dir.display()
+            );
+        }
+        let vhost_socket = run_dir.join("vhost.sock");
+        let qmp_socket = run_dir.join("qmp.sock");
+        let console = run_dir.join("console.log");
+        let log = |name: &str| -> Result<File> { Ok(File::create(run_dir.join(name))?) };
+
+        let mut vsock_cmd = Command::new(&assets.vhost_vsock);
+        vsock_cmd
+            .arg("--guest-cid")
+            .arg(GUEST_CID.to_string())
+            .arg("--socket")
+            .arg(&vhost_socket)
+            .arg("--uds-path")
+            .arg(&hvsock)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log("vhost-device-vsock.log")?)
+            .stderr(log("vhost-device-vsock.log")?);
+        let mut vsock = ChildGuard::spawn("vhost-device-vsock", &mut vsock_cmd)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !vhost_socket.exists() {
+            if !vsock.running() {
+                bail!(
+                    "vhost-device-vsock exited at start-up:\n{}",
+                    read_lossy(&run_dir.join("vhost-device-vsock.log"))
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("vhost-device-vsock did not create {}", vhost_socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        let accel = accel();
+        let mut params: Vec<String> = BASE_KERNEL_PARAMS.iter().map(|s| s.to_string()).collect();
+        if let Some((_, Some(guest_path))) = &config.share {
+            params.push(format!("vmtest.9p={SHARE_TAG}:{guest_path}"));
+        }
+        params.extend(config.kernel_params.iter().cloned());
+        let mem = config.memory_mib;
+        let mut args: Vec<String> = vec![
+            "-name".into(),
+            config.name.clone(),
+            "-machine".into(),
+            format!(
+                "q35,accel={}",
+                if accel == Accel::Kvm { "kvm" } else { "tcg" }
+            ),
+            "-cpu".into(),
+            if accel == Accel::Kvm { "host" } else { "max" }.into(),
+            "-smp".into(),
+            format!(
+                "cpus={},maxcpus={}",
+                config.cpus,
+                config.max_cpus.max(config.cpus)
+            ),
+            "-m".into(),
+            format!("{mem}M"),
+            // vhost-user devices need guest memory the backend can map.
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            "-numa".into(),
+            "node,memdev=mem".into(),
+            "-kernel".into(),
+            path_str(&assets.kernel)?,
+            "-initrd".into(),
+            path_str(&assets.initrd)?,
+            "-append".into(),
+            params.join(" "),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-serial".into(),
+            format!("file:{}", path_str(&console)?),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", path_str(&qmp_socket)?),
+            "-chardev".into(),
+            format!("socket,id=vsock0,path={}", path_str(&vhost_socket)?),
+            "-device".into(),
+            "vhost-user-vsock-pci,chardev=vsock0".into(),
+        ];
+        if let Some((dir, _)) = &config.share {
+            args.push("-fsdev".into());
+            args.push(format!(
+                "local,id=share0,path={},security_model=none",
+                path_str(dir)?
+            ));
+            args.push("-device".into());
+            args.push(format!("virtio-9p-pci,fsdev=share0,mount_tag={SHARE_TAG}"));
+        }
+        for i in 0..config.hotplug_ports {
+            args.push("-device".into());
+            args.push(format!(
+                "pcie-root-port,id=rp{i},bus=pcie.0,chassis={},addr={:#x}",
+                i + 1,
+                FIRST_PORT_SLOT + i
+            ));
+        }
+        args.extend(config.qemu_args.iter().cloned());
+        std::fs::write(run_dir.join("qemu.cmdline"), args.join("\n"))?;
+        let mut qemu_cmd = Command::new(&assets.qemu);
+        qemu_cmd
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log("qemu.log")?)
+            .stderr(log("qemu.log")?);
+        let started = Instant::now();
+        let qemu = ChildGuard::spawn("qemu", &mut qemu_cmd)?;
+        Ok(Vm {
+            config,
+            accel,
+            hvsock,
+            qmp_socket,
+            console,
+            run_dir,
+            _temp: temp,
+            _lock: lock,
+            started,
+            qemu,
+            vsock,
+            exit_status: None,
+        })
+    }
+
+    /// The agent's address for `agent-client` / `kata-agent-ctl --hybrid-vsock`.
+    pub fn agent_addr(&self) -> String {
+        format!("unix://{}", self.hvsock.display())
+    }
+
+    /// The run directory (sockets and logs).
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Time since QEMU was started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// PCI path prefix and QEMU bus id of the hot-plug port `i`: a device added with
+    /// `bus=<id>` has the guest PCI path `<prefix>/00`.
+    pub fn hotplug_port(&self, i: u32) -> (String, String) {
+        assert!(i < self.config.hotplug_ports, "no hot-plug port {i}");
+        (format!("{:02x}", FIRST_PORT_SLOT + i), format!("rp{i}"))
+    }
+
+    /// Whether QEMU still runs (records its exit status otherwise).
+    pub fn running(&mut self) -> bool {
+        if self.exit_status.is_some() {
+            return false;
+        }
+        match self.qemu.try_wait() {
+            Some(s) => {
+                self.exit_status = Some(s);
+                false
+            }
+            None => self.qemu.child.is_some(),
+        }
+    }
+
+    fn ensure_running(&mut self) -> Result<()> {
+        if self.running() {
+            return Ok(());
+        }
+        bail!(
+            "QEMU exited ({:?}):\n{}",
+            self.exit_status,
+            self.diagnostics()
+        )
+    }
+
+    /// One ttRPC connection to the agent (port 1024), retried until `timeout`.
+    pub async fn connect(&mut self, timeout: Duration) -> Result<ttrpc::r#async::Client> {
+        let deadline = Instant::now() + timeout;
+        let opts = agent_client::ConnectOptions {
+            hybrid_vsock: true,
+            hybrid_vsock_port: AGENT_PORT,
+            retries: 1,
+            retry_delay: Duration::from_millis(0),
+            handshake_timeout: Duration::from_secs(3),
+        };
+        loop {
+            self.ensure_running()?;
+            match agent_client::connect(&self.agent_addr(), &opts).await {
+                Ok(c) => return Ok(c),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!(
+                        "the agent did not answer within {timeout:?}:\n{}",
+                        self.diagnostics()
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Waits until the agent answers a health `Check` with SERVING; returns the time from
+    /// QEMU's start to that answer (the boot-to-first-Check time).
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let client = self.connect(left).await?;
+            let health = protocols::health_ttrpc::HealthClient::new(client);
+            let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+            match health.check(ctx, &CheckRequest::new()).await {
+                Ok(r) if r.status.enum_value() == Ok(ServingStatus::SERVING) => {
+                    return Ok(self.started.elapsed())
+                }
+                other if Instant::now() > deadline => bail!(
+                    "the agent's health check did not succeed within {timeout:?} ({other:?}):\n{}",
+                    self.diagnostics()
+                ),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Clients of both agent services over one new connection.
+    pub async fn clients(
+        &mut self,
+    ) -> Result<(
+        protocols::agent_ttrpc::AgentServiceClient,
+        protocols::health_ttrpc::HealthClient,
+    )> {
+        let c = self.connect(Duration::from_secs(30)).await?;
+        Ok((
+            protocols::agent_ttrpc::AgentServiceClient::new(c.clone()),
+            protocols::health_ttrpc::HealthClient::new(c),
+        ))
+    }
+
+    /// A raw stream to guest vsock port `port` (hybrid-vsock handshake done), retried until
+    /// `timeout` while the guest does not listen yet.
+    pub fn connect_port(&mut self, port: u32, timeout: Duration) -> Result<UnixStream> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.ensure_running()?;
+            match hybrid_connect(&self.hvsock, port) {
+                Ok(s) => return Ok(s),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("guest vsock port {port}")))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Listens for connections the guest opens to host port `port` (the host CID 2); they arrive
+    /// on `<hvsock>_<port>`.
+    pub fn listen_port(&self, port: u32) -> Result<UnixListener> {
+        let path = PathBuf::from(format!("{}_{port}", self.hvsock.display()));
+        let _ = std::fs::remove_file(&path);
+        UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))
+    }
+
+    /// A QMP session.
+    pub fn qmp(&self) -> Result<Qmp> {
+        Qmp::connect(&self.qmp_socket, Duration::from_secs(10))
+    }
+
+    /// What the guest wrote on its serial console (kernel messages, the agent's stderr).
+    pub fn console_log(&self) -> String {
+        read_lossy(&self.console)
+    }
+
+    /// Console, QEMU and vhost-device-vsock logs, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let tail = |name: &str, n: usize| {
+            let s = read_lossy(&self.run_dir.join(name));
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        };
+        format!(
+            "--- guest console (last lines) ---\n{}\n--- qemu ---\n{}\n--- vhost-device-vsock ---\n{}",
+            tail("console.log", 80),
+            tail("qemu.log", 20),
+            tail("vhost-device-vsock.log", 20)
+        )
+    }
+
+    /// Waits for QEMU to exit by itself (the guest powered off); `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.running() {
+                return self.exit_status;
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills QEMU and the vsock device now.
+    pub fn kill(&mut self) {
+        self.qemu.kill();
+        self.vsock.kill();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.qemu.kill();
+        self.vsock.kill();
+        if std::thread::panicking() {
+            eprintln!("vmtest: VM {} failed:\n{}", self.config.name, self.diagnostics());
+        }
+    }
+}
+
+/// Connects to the hybrid-vsock socket `hvsock` and asks for guest port `port`.
+pub fn hybrid_connect(hvsock: &Path, port: u32) -> Result<UnixStream> {
+    let mut s = UnixStream::connect(hvsock)
+        .with_context(|| format!("cannot connect to {}", hvsock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => bail!("the hybrid vsock socket closed the connection (port {port})"),
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) => line.push(b[0]),
+            Err(e) => return Err(e).context("reading the hybrid vsock reply"),
+        }
+        if line.len() > 256 {
+            bail!("the hybrid vsock reply is too long");
+        }
+    }
+    if !line.starts_with(b"OK") {
+        bail!(
+            "CONNECT {port} refused: {}",
+            String::from_utf8_lossy(&line)
+        );
+    }
+    s.set_read_timeout(None)?;
+    Ok(s)
+}
+
+/// Takes an exclusive lock on `<dir>/lock`, so that two VMs never share a run directory.
+fn lock_run_dir(dir: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let f = File::create(dir.join("lock"))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another VM is running with the run directory {} (stop it first)",
+            dir.display()
+        );
+    }
+    Ok(f)
+}
+
+fn read_lossy(p: &Path) -> String {
+    std::fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+fn path_str(p: &Path) -> Result<String> {
+    let s = p
+        .to_str()
+        .ok_or_else(|| anyhow!("{} is not valid UTF-8", p.display()))?;
+    if s.contains(',') {
+        bail!("{s}: QEMU option values cannot contain commas here");
+    }
+    Ok(s.to_string())
+}

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Installs and caches what the VM harness needs (run as root on Debian; idempotent, quick once done):
+#   * Debian packages: qemu-system-x86, cpio, kmod, busybox-static;
+#   * a Debian kernel (vmlinuz + modules), unpacked under $KATA_VM_CACHE/kernel/<version>/;
+#   * vhost-device-vsock from crates.io (hybrid vsock for QEMU), under $KATA_VM_CACHE/cargo/bin/.
+# The cache defaults to build/vm (gitignored). Prints nothing but progress; exits non-zero with a
+# message that names what is missing when a download or build fails.
+#
+# Environment:
+#   KATA_VM_CACHE        cache directory (default: <repo>/build/vm)
+#   KATA_VM_KERNEL_PKG   kernel package to use (default: what linux-image-amd64 depends on; the
+#                        generic flavour, because Debian's cloud kernel has no 9p file system)
+#   KATA_VM_VSOCK_VERSION  vhost-device-vsock version (default: 0.3.0)
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+cache="${KATA_VM_CACHE:-$repo/build/vm}"
+vsock_version="${KATA_VM_VSOCK_VERSION:-0.3.0}"
+mkdir -p "$cache"
+
+fail() {
+    echo "vm setup: $*" >&2
+    exit 1
+}
+
+[ "$(id -u)" = 0 ] || fail "run me as root (apt-get, and the VM tests need root anyway)"
+
+apt_updated=""
+apt_update() {
+    if [ -z "$apt_updated" ]; then
+        apt-get update -qq || fail "apt-get update failed (no network?)"
+        apt_updated=1
+    fi
+}
+
+# --- Debian packages -------------------------------------------------------------------------
+packages=(qemu-system-x86 cpio kmod busybox-static)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "vm setup: installing ${missing[*]}"
+    apt_update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+        >/dev/null || fail "cannot install the Debian packages ${missing[*]} (no network?)"
+fi
+
+# --- kernel ----------------------------------------------------------------------------------
+kdir="$cache/kernel"
+mkdir -p "$kdir"
+if [ ! -e "$kdir/current/vmlinuz" ] || [ -n "${KATA_VM_KERNEL_PKG:-}" ]; then
+    pkg="${KATA_VM_KERNEL_PKG:-}"
+    if [ -z "$pkg" ]; then
+        pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -n1)
+        if [ -z "$pkg" ]; then
+            apt_update
+            pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -n1)
+        fi
+        [ -n "$pkg" ] || fail "cannot find a kernel package: apt-cache knows no linux-image-amd64 (run apt-get update; network?)"
+    fi
+    version="${pkg#linux-image-}"
+    version="${version%-unsigned}"
+    if [ ! -e "$kdir/$version/vmlinuz" ]; then
+        echo "vm setup: downloading the kernel package $pkg"
+        tmp="$kdir/dl.$$"
+        rm -rf "$tmp"
+        mkdir -p "$tmp"
+        # apt's sandbox user cannot write here; as root apt falls back to an unsandboxed download.
+        if ! (cd "$tmp" && apt-get download -q "$pkg" >/dev/null 2>"$tmp/apt.err"); then
+            apt_update
+            (cd "$tmp" && apt-get download -q "$pkg" >/dev/null 2>"$tmp/apt.err") ||
+                fail "cannot download the kernel package $pkg: $(grep -v '^W:' "$tmp/apt.err" | tail -n 3) (no network?)"
+        fi
+        dpkg-deb -x "$tmp"/*.deb "$tmp/x" || fail "cannot unpack $(ls "$tmp"/*.deb)"
+        [ -e "$tmp/x/boot/vmlinuz-$version" ] || fail "the package $pkg has no /boot/vmlinuz-$version"
+        rm -rf "$kdir/$version"
+        mkdir -p "$kdir/$version/lib"
+        mv "$tmp/x/boot/vmlinuz-$version" "$kdir/$version/vmlinuz"
+        mv "$tmp/x/boot/config-$version" "$kdir/$version/config" 2>/dev/null || true
+        mv "$tmp/x/lib/modules" "$kdir/$version/lib/modules"
+        # The package leaves modules.dep to its postinst: make it, so modprobe can resolve deps.
+        depmod -b "$kdir/$version" "$version" || fail "depmod failed for $version"
+        echo "$version" > "$kdir/$version/version"
+        rm -rf "$tmp"
+    fi
+    ln -sfn "$version" "$kdir/current"
+fi
+
+# --- vhost-device-vsock ----------------------------------------------------------------------
+vsock_bin="$cache/cargo/bin/vhost-device-vsock"
+if [ ! -x "$vsock_bin" ] || ! "$vsock_bin" --version 2>/dev/null | grep -q " $vsock_version\$"; then
+    echo "vm setup: building vhost-device-vsock $vsock_version from crates.io (takes a few minutes)"
+    log="$cache/vhost-device-vsock-build.log"
+    if ! cargo install --locked --quiet --version "$vsock_version" vhost-device-vsock \
+        --root "$cache/cargo" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        fail "cannot build vhost-device-vsock $vsock_version with cargo install (no network? see $log)"
+    fi
+fi
+
+echo "vm setup: ready (kernel $(cat "$kdir/current/version"), $("$vsock_bin" --version))"

@@ -1,0 +1,612 @@
+//! Real-VM scenarios: our static `kata-agent` as PID 1 of a QEMU guest (Debian kernel, initramfs
+//! from `scripts/vm/mkinitramfs.sh`), driven from the host over hybrid vsock with the generated
+//! ttRPC clients and with `kata-agent-ctl`. See docs/vm.md.
+//!
+//! One VM boot per test (a scenario group); every group ends with DestroySandbox and checks that
+//! the guest powered off cleanly. Needs root, QEMU, a cached kernel and vhost-device-vsock
+//! (installed by `scripts/vm/setup.sh`, which the harness runs). Without them the tests fail
+//! saying what is missing, unless `KATA_SKIP_VM_TESTS=1`, which skips them (with a message).
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use e2e::binary;
+use protocols::agent::{
+    CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
+    ExecProcessRequest, GetOOMEventRequest, GuestDetailsRequest, ReadStreamRequest,
+    RemoveContainerRequest, StartContainerRequest, WaitProcessRequest, WriteStreamRequest,
+};
+use protocols::agent_ttrpc::AgentServiceClient;
+use protocols::health::{health_check_response::ServingStatus, CheckRequest};
+use serde_json::{json, Value};
+use vmtest::{Assets, Vm, VmConfig, DEFAULT_SHARE_AT};
+
+/// Upper bound for a boot under TCG on a loaded 2-CPU machine (it usually takes ~10 s).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The prepared assets, or `None` when the VM tests are skipped. Panics with what is missing.
+fn assets() -> Option<Assets> {
+    if vmtest::skip_requested() {
+        eprintln!("VM test skipped: {}=1", vmtest::SKIP_ENV);
+        return None;
+    }
+    static ASSETS: OnceLock<Result<Assets, String>> = OnceLock::new();
+    match ASSETS.get_or_init(|| Assets::prepare().map_err(|e| format!("{e:#}"))) {
+        Ok(a) => Some(a.clone()),
+        Err(e) => panic!(
+            "the VM tests cannot run: {e}\n(set {}=1 to skip them)",
+            vmtest::SKIP_ENV
+        ),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
+}
+
+/// A deterministic byte sequence covering every byte value (xorshift).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if i % 4096 < 256 {
+                (i % 4096) as u8
+            } else {
+                x as u8
+            }
+        })
+        .collect()
+}
+
+/// A host directory shared with the guest: `rootfs/` is a copy of the busybox rootfs.
+struct Share {
+    dir: tempfile::TempDir,
+}
+
+impl Share {
+    fn new() -> Share {
+        let dir = tempfile::Builder::new()
+            .prefix("kata-vm-share-")
+            .tempdir()
+            .unwrap();
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(e2e::rootfs())
+            .arg(dir.path().join("rootfs"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot copy the busybox rootfs");
+        Share { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The guest path of the container rootfs.
+    fn guest_rootfs(&self) -> String {
+        format!("{DEFAULT_SHARE_AT}/rootfs")
+    }
+}
+
+/// A booted guest plus its agent clients.
+struct Guest {
+    vm: Vm,
+    client: AgentServiceClient,
+    boot: Duration,
+}
+
+/// Boots a guest; its clients live on `rt` (ttRPC connections die with their runtime).
+fn boot(
+    rt: &tokio::runtime::Runtime,
+    assets: &Assets,
+    name: &str,
+    params: &[&str],
+    share: &Share,
+) -> Guest {
+    let mut cfg = VmConfig {
+        name: name.into(),
+        kernel_params: params.iter().map(|s| s.to_string()).collect(),
+        share: Some((
+            share.path().to_path_buf(),
+            Some(DEFAULT_SHARE_AT.to_string()),
+        )),
+        ..VmConfig::default()
+    };
+    cfg.kernel_params.push("agent.log=debug".into());
+    let mut vm = Vm::start(assets, cfg).expect("start the VM");
+    let boot = rt
+        .block_on(vm.wait_ready(BOOT_TIMEOUT))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "VM {name}: boot-to-first-Check {:.2} s ({:?})",
+        boot.as_secs_f64(),
+        vm.accel
+    );
+    let (client, _) = rt.block_on(vm.clients()).unwrap();
+    Guest { vm, client, boot }
+}
+
+/// An OCI spec (protobuf shape) for a busybox container on the shared rootfs.
+fn spec(rootfs: &str, args: &[&str], extra: impl FnOnce(&mut Value)) -> protocols::oci::Spec {
+    let args = args.iter().map(|s| s.to_string()).collect();
+    let mut v = kata_agent_ctl::spec::default_spec_json(rootfs, args, false);
+    extra(&mut v);
+    serde_json::from_value(v).expect("spec JSON matches the protobuf shape")
+}
+
+/// Adds read-only bind mounts of the guest's /proc and cgroup tree, so that a container can
+/// look at the agent (PID 1 of the guest) and at the cgroups it made.
+fn with_guest_views(v: &mut Value) {
+    let mounts = v["Mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/guestproc", "source": "/proc", "type": "bind",
+                       "options": ["rbind", "ro"]}));
+    mounts.push(json!({"destination": "/guestcgroup", "source": "/sys/fs/cgroup", "type": "bind",
+                       "options": ["rbind", "ro"]}));
+}
+
+/// Runs a process in container `cid` and returns (exit status, stdout, stderr).
+async fn exec(
+    client: &AgentServiceClient,
+    cid: &str,
+    exec_id: &str,
+    args: &[&str],
+) -> (i32, Vec<u8>, Vec<u8>) {
+    let mut req = ExecProcessRequest::new();
+    req.container_id = cid.into();
+    req.exec_id = exec_id.into();
+    let process = kata_agent_ctl::spec::default_process_json(
+        args.iter().map(|s| s.to_string()).collect(),
+        false,
+    );
+    req.process = protobuf::MessageField::some(serde_json::from_value(process).unwrap());
+    client
+        .exec_process(ctx(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("ExecProcess {args:?}: {e:?}"));
+    let out = read_all(client, cid, exec_id, false).await;
+    let err = read_all(client, cid, exec_id, true).await;
+    let status = wait(client, cid, exec_id).await;
+    (status, out, err)
+}
+
+/// Reads a stream until end of file.
+async fn read_all(client: &AgentServiceClient, cid: &str, exec_id: &str, stderr: bool) -> Vec<u8> {
+    let mut data = Vec::new();
+    loop {
+        let mut req = ReadStreamRequest::new();
+        req.container_id = cid.into();
+        req.exec_id = exec_id.into();
+        req.len = 65536;
+        let resp = if stderr {
+            client.read_stderr(ctx(), &req).await
+        } else {
+            client.read_stdout(ctx(), &req).await
+        };
+        match resp {
+            Ok(r) if r.data.is_empty() => return data,
+            Ok(r) => data.extend_from_slice(&r.data),
+            // Some agents answer a read after EOF with an error rather than empty data.
+            Err(_) if !data.is_empty() => return data,
+            Err(e) => panic!("read {cid}/{exec_id}: {e:?}"),
+        }
+    }
+}
+
+async fn wait(client: &AgentServiceClient, cid: &str, exec_id: &str) -> i32 {
+    let mut req = WaitProcessRequest::new();
+    req.container_id = cid.into();
+    req.exec_id = exec_id.into();
+    client
+        .wait_process(ctx(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("WaitProcess {cid}/{exec_id}: {e:?}"))
+        .status
+}
+
+async fn create_and_start(client: &AgentServiceClient, cid: &str, spec: protocols::oci::Spec) {
+    let mut req = CreateContainerRequest::new();
+    req.container_id = cid.into();
+    req.exec_id = cid.into();
+    req.OCI = protobuf::MessageField::some(spec);
+    client
+        .create_container(ctx(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {cid}: {e:?}"));
+    let mut req = StartContainerRequest::new();
+    req.container_id = cid.into();
+    client
+        .start_container(ctx(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer {cid}: {e:?}"));
+}
+
+async fn remove(client: &AgentServiceClient, cid: &str) {
+    let mut req = RemoveContainerRequest::new();
+    req.container_id = cid.into();
+    req.timeout = 10;
+    client
+        .remove_container(ctx(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer {cid}: {e:?}"));
+}
+
+async fn create_sandbox(client: &AgentServiceClient, id: &str) {
+    let mut req = CreateSandboxRequest::new();
+    req.hostname = "vmtest".into();
+    req.sandbox_id = id.into();
+    client
+        .create_sandbox(ctx(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("CreateSandbox: {e:?}"));
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs `sh -c script` in the probe container and returns its stdout (status must be 0).
+async fn sh(client: &AgentServiceClient, cid: &str, script: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!("sh{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let (status, out, err) = exec(client, cid, &id, &["sh", "-c", script]).await;
+    assert_eq!(status, 0, "{script:?} failed: {}{}", text(&out), text(&err));
+    text(&out)
+}
+
+/// Checks a field of /proc/1/mountinfo (seen as /guestproc/1/mountinfo): a mount of `fstype`
+/// on `point` exists.
+fn has_mount(mountinfo: &str, point: &str, fstype: &str) -> bool {
+    mountinfo.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-");
+        matches!(sep, Some(s) if f.len() > s + 1 && f[4] == point && f[s + 1] == fstype)
+    })
+}
+
+/// The limit line of /proc/1/limits for core files: (soft, hard).
+fn core_limit(limits: &str) -> (String, String) {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("a core file size line");
+    let f: Vec<&str> = line["Max core file size".len()..].split_whitespace().collect();
+    (f[0].to_string(), f[1].to_string())
+}
+
+/// DestroySandbox, then the guest must power off by itself: QEMU exits with status 0, the
+/// console shows the power-down and no kernel panic (the agent, as PID 1, must not just exit).
+async fn destroy_and_expect_poweroff(guest: &mut Guest) {
+    guest
+        .client
+        .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+        .await
+        .unwrap_or_else(|e| panic!("DestroySandbox: {e:?}"));
+    let status = guest
+        .vm
+        .wait_exit(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the guest did not power off:\n{}", guest.vm.diagnostics()));
+    let console = guest.vm.console_log();
+    assert!(status.success(), "QEMU {status}:\n{console}");
+    assert!(
+        console.contains("reboot: Power down"),
+        "no power-down on the console:\n{console}"
+    );
+    assert!(
+        !console.contains("Kernel panic"),
+        "kernel panic:\n{console}"
+    );
+}
+
+/// PID-1 duties, the API over hybrid vsock (ttRPC and kata-agent-ctl), a busybox container from
+/// the 9p share with exec and byte-exact I/O, cgroup v1 memory limit and OOM event, reaping of
+/// an orphan inherited by PID 1, and the clean power-off after DestroySandbox.
+#[test]
+fn vm_init_api_containers_cgroup_v1() {
+    let Some(assets) = assets() else { return };
+    let started = Instant::now();
+    let share = Share::new();
+    let orphan_marker = share.path().join("orphan-may-exit");
+    let rt = rt();
+    let mut guest = boot(
+        &rt,
+        &assets,
+        "v1",
+        &[&format!("vmtest.orphan={DEFAULT_SHARE_AT}/orphan-may-exit")],
+        &share,
+    );
+    rt.block_on(async {
+        let c = guest.client.clone();
+
+        // --- the API over hybrid vsock
+        let (_, health) = guest.vm.clients().await.unwrap();
+        let r = health.check(ctx(), &CheckRequest::new()).await.unwrap();
+        assert_eq!(r.status.enum_value(), Ok(ServingStatus::SERVING));
+        let v = health.version(ctx(), &CheckRequest::new()).await.unwrap();
+        assert_eq!(v.agent_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(v.grpc_version, "0.0.1");
+        let mut req = GuestDetailsRequest::new();
+        req.mem_block_size = true;
+        let d = c.get_guest_details(ctx(), &req).await.unwrap();
+        let details = d.agent_details.as_ref().unwrap();
+        assert!(details.init_daemon, "the agent is PID 1 of the guest");
+        assert_eq!(details.version, env!("CARGO_PKG_VERSION"));
+        assert!(
+            d.mem_block_size_bytes.is_power_of_two(),
+            "{}",
+            d.mem_block_size_bytes
+        );
+
+        // kata-agent-ctl reaches the same agent over hybrid vsock.
+        let out = std::process::Command::new(binary("kata-agent-ctl"))
+            .args(["connect", "--hybrid-vsock", "--server-address"])
+            .arg(guest.vm.agent_addr())
+            .args(["-c", "Check", "GetGuestDetails"])
+            .output()
+            .unwrap();
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+        let lines: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["status"], 1);
+        assert_eq!(lines[1]["agent_details"]["init_daemon"], true);
+
+        create_sandbox(&c, "vm-v1").await;
+
+        // --- a probe container that sees the guest's /proc and cgroups
+        let rootfs = share.guest_rootfs();
+        create_and_start(
+            &c,
+            "probe",
+            spec(&rootfs, &["sleep", "100000"], with_guest_views),
+        )
+        .await;
+
+        // PID-1 duties: the agent is PID 1 and did the base and cgroup v1 mounts.
+        assert_eq!(sh(&c, "probe", "cat /guestproc/1/comm").await.trim(), "kata-agent");
+        let mi = sh(&c, "probe", "cat /guestproc/1/mountinfo").await;
+        for (point, fstype) in [
+            ("/proc", "proc"),
+            ("/sys", "sysfs"),
+            ("/dev", "devtmpfs"),
+            ("/dev/shm", "tmpfs"),
+            ("/dev/pts", "devpts"),
+            ("/run", "tmpfs"),
+            ("/sys/fs/cgroup", "tmpfs"),
+            ("/sys/fs/cgroup/memory", "cgroup"),
+            ("/sys/fs/cgroup/cpu", "cgroup"),
+            ("/sys/fs/cgroup/devices", "cgroup"),
+            ("/sys/fs/cgroup/pids", "cgroup"),
+            (DEFAULT_SHARE_AT, "9p"),
+        ] {
+            assert!(has_mount(&mi, point, fstype), "no {fstype} on {point}:\n{mi}");
+        }
+        let hostname = sh(&c, "probe", "cat /guestproc/sys/kernel/hostname").await;
+        assert_eq!(hostname.trim(), "kata-vm", "hostname from /etc/hostname");
+        // Without agent.devmode, core dumps stay off.
+        let limits = sh(&c, "probe", "cat /guestproc/1/limits").await;
+        assert_eq!(core_limit(&limits).0, "0", "{limits}");
+
+        // Reaping: the orphan /init left behind is now a child of PID 1; once it exits the
+        // agent must reap it (a zombie would keep its /proc entry, in state Z).
+        let find_orphan = "for d in /guestproc/[0-9]*; do \
+             if grep -q vmtest-orphan $d/cmdline 2>/dev/null; then \
+               echo $(cut -d' ' -f3,4 $d/stat); fi; done";
+        let found = sh(&c, "probe", find_orphan).await;
+        let orphans: Vec<&str> = found.lines().collect();
+        assert!(
+            !orphans.is_empty() && orphans.iter().all(|l| l.ends_with(" 1")),
+            "the orphan should be a child of PID 1: {found:?}"
+        );
+        std::fs::write(&orphan_marker, b"").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = sh(&c, "probe", find_orphan).await;
+            if left.trim().is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the orphan was not reaped by PID 1: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // --- byte-exact I/O: 1 MiB of all byte values through cat's stdin and stdout
+        create_and_start(&c, "cat", spec(&rootfs, &["cat"], |_| {})).await;
+        let data = pattern(1 << 20, 7);
+        let writer = {
+            let c = c.clone();
+            let data = data.clone();
+            tokio::spawn(async move {
+                for chunk in data.chunks(60 * 1024) {
+                    let mut req = WriteStreamRequest::new();
+                    req.container_id = "cat".into();
+                    req.exec_id = "cat".into();
+                    let mut off = 0;
+                    while off < chunk.len() {
+                        req.data = chunk[off..].to_vec();
+                        let n = c.write_stdin(ctx(), &req).await.unwrap().len as usize;
+                        assert!(n > 0);
+                        off += n;
+                    }
+                }
+                let mut req = CloseStdinRequest::new();
+                req.container_id = "cat".into();
+                req.exec_id = "cat".into();
+                c.close_stdin(ctx(), &req).await.unwrap();
+            })
+        };
+        let echoed = read_all(&c, "cat", "cat", false).await;
+        writer.await.unwrap();
+        assert_eq!(wait(&c, "cat", "cat").await, 0);
+        assert_eq!(echoed.len(), data.len());
+        assert!(echoed == data, "cat's output differs from its input");
+        remove(&c, "cat").await;
+
+        // Exec: separate stdout and stderr, exit status.
+        let (status, out, err) = exec(
+            &c,
+            "probe",
+            "streams",
+            &["sh", "-c", "printf 'to stdout'; printf 'to stderr' >&2; exit 7"],
+        )
+        .await;
+        assert_eq!((status, text(&out), text(&err)), (7, "to stdout".into(), "to stderr".into()));
+
+        // The 9p share both ways: a host file read in the container, a container file read on
+        // the host, byte for byte.
+        let blob = pattern(300_000, 11);
+        std::fs::write(share.path().join("rootfs/from-host.bin"), &blob).unwrap();
+        let (status, out, _) = exec(&c, "probe", "read-share", &["cat", "/from-host.bin"]).await;
+        assert_eq!(status, 0);
+        assert!(out == blob, "file read over 9p differs ({} bytes)", out.len());
+        sh(&c, "probe", "cp /from-host.bin /from-guest.bin && sync").await;
+        let back = std::fs::read(share.path().join("rootfs/from-guest.bin")).unwrap();
+        assert!(back == blob, "file written over 9p differs");
+
+        // --- cgroup v1: memory limit applied, OOM kill reported by GetOOMEvent
+        let limit: i64 = 32 << 20;
+        create_and_start(
+            &c,
+            "hog",
+            spec(
+                &rootfs,
+                &["sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/null bs=96M count=1"],
+                |v| {
+                    v["Linux"]["Resources"] = json!({"Memory": {"Limit": limit}});
+                    v["Linux"]["CgroupsPath"] = json!("/vmtest/hog");
+                },
+            ),
+        )
+        .await;
+        let knob = sh(
+            &c,
+            "probe",
+            "cat /guestcgroup/memory/vmtest/hog/memory.limit_in_bytes",
+        )
+        .await;
+        assert_eq!(knob.trim(), limit.to_string());
+        let ev = c
+            .get_oom_event(ctx(), &GetOOMEventRequest::new())
+            .await
+            .unwrap_or_else(|e| panic!("GetOOMEvent: {e:?}"));
+        assert_eq!(ev.container_id, "hog");
+        assert_eq!(wait(&c, "hog", "hog").await, 137, "killed by SIGKILL");
+        remove(&c, "hog").await;
+
+        // No zombie anywhere in the guest after all this.
+        let zombies = sh(
+            &c,
+            "probe",
+            "for d in /guestproc/[0-9]*; do s=$(cut -d' ' -f3 $d/stat 2>/dev/null); \
+             [ \"$s\" = Z ] && cat $d/comm; done; true",
+        )
+        .await;
+        assert_eq!(zombies.trim(), "", "zombies in the guest");
+
+        remove(&c, "probe").await;
+        destroy_and_expect_poweroff(&mut guest).await;
+    });
+    eprintln!(
+        "VM v1: boot {:.2} s, whole scenario group {:.1} s",
+        guest.boot.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// cgroup v2 (`agent.unified_cgroup_hierarchy=1`) with a real memory controller and OOM event,
+/// and `agent.devmode` visible in the agent's limits (core dumps unlimited).
+#[test]
+fn vm_cgroup_v2_and_devmode() {
+    let Some(assets) = assets() else { return };
+    let started = Instant::now();
+    let share = Share::new();
+    let rt = rt();
+    let mut guest = boot(
+        &rt,
+        &assets,
+        "v2",
+        &["agent.unified_cgroup_hierarchy=1", "agent.devmode"],
+        &share,
+    );
+    rt.block_on(async {
+        let c = guest.client.clone();
+        create_sandbox(&c, "vm-v2").await;
+        let rootfs = share.guest_rootfs();
+        create_and_start(
+            &c,
+            "probe",
+            spec(&rootfs, &["sleep", "100000"], with_guest_views),
+        )
+        .await;
+
+        let mi = sh(&c, "probe", "cat /guestproc/1/mountinfo").await;
+        assert!(has_mount(&mi, "/sys/fs/cgroup", "cgroup2"), "{mi}");
+        assert!(!has_mount(&mi, "/sys/fs/cgroup/memory", "cgroup"), "{mi}");
+        let controllers = sh(&c, "probe", "cat /guestcgroup/cgroup.controllers").await;
+        assert!(
+            controllers.split_whitespace().any(|c| c == "memory"),
+            "{controllers}"
+        );
+
+        // devmode: RLIMIT_CORE unlimited for the agent.
+        let limits = sh(&c, "probe", "cat /guestproc/1/limits").await;
+        assert_eq!(
+            core_limit(&limits),
+            ("unlimited".to_string(), "unlimited".to_string()),
+            "{limits}"
+        );
+
+        let limit: i64 = 32 << 20;
+        create_and_start(
+            &c,
+            "hog",
+            spec(
+                &rootfs,
+                &["sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/null bs=96M count=1"],
+                |v| {
+                    v["Linux"]["Resources"] = json!({"Memory": {"Limit": limit}});
+                    v["Linux"]["CgroupsPath"] = json!("/vmtest/hog");
+                },
+            ),
+        )
+        .await;
+        let knob = sh(&c, "probe", "cat /guestcgroup/vmtest/hog/memory.max").await;
+        assert_eq!(knob.trim(), limit.to_string());
+        let ev = c
+            .get_oom_event(ctx(), &GetOOMEventRequest::new())
+            .await
+            .unwrap_or_else(|e| panic!("GetOOMEvent: {e:?}"));
+        assert_eq!(ev.container_id, "hog");
+        assert_eq!(wait(&c, "hog", "hog").await, 137, "killed by SIGKILL");
+        let events = sh(&c, "probe", "cat /guestcgroup/vmtest/hog/memory.events").await;
+        let oom_kills: u64 = events
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(oom_kills >= 1, "{events}");
+        remove(&c, "hog").await;
+        remove(&c, "probe").await;
+        destroy_and_expect_poweroff(&mut guest).await;
+    });
+    eprintln!(
+        "VM v2: boot {:.2} s, whole scenario group {:.1} s",
+        guest.boot.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}

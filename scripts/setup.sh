@@ -3,7 +3,7 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
-packages=(busybox-static libseccomp-dev pkg-config iproute2 kmod iptables)
+packages=(busybox-static libseccomp-dev pkg-config iproute2 kmod iptables e2fsprogs xfsprogs)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1319,7 +1319,10 @@ fn shared_pid_namespace_of_the_sandbox() {
         assert!(!out.contains("sleep 3000"), "{out}");
         assert!(!out.contains("me=1\n"), "{out}");
         let (_, out, _) = fx.exec_to_end("own", "ps", process(&["ps"])).await;
-        assert!(!out.contains("sleep 1000"), "{out}");
+        assert!(
+            !out.contains("sleep 1000") && out.contains("sleep 3000"),
+            "{out}"
+        );
 
         for cid in ["own", "shared", "sb"] {
             fx.remove(cid).await;

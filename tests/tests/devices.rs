@@ -50,7 +50,13 @@ impl Synthetic {
     }
 }
 
-fn device(typ: &str, id: &str, vm_path: &str, container_path: &str, options: &[&str]) -> agent::Device {
+fn device(
+    typ: &str,
+    id: &str,
+    vm_path: &str,
+    container_path: &str,
+    options: &[&str],
+) -> agent::Device {
     let mut d = agent::Device::new();
     d.type_ = typ.into();
     d.id = id.into();
@@ -119,10 +125,17 @@ fn hotplug_wait_succeeds_on_a_real_uevent() {
         assert!(meta.file_type().is_block_device());
         let (maj, min) = lo.numbers();
         assert_eq!(
-            (nix::sys::stat::major(meta.rdev()), nix::sys::stat::minor(meta.rdev())),
+            (
+                nix::sys::stat::major(meta.rdev()),
+                nix::sys::stat::minor(meta.rdev())
+            ),
             (maj, min)
         );
-        assert!(pod.mounts().iter().any(|m| Path::new(m) == mp), "{:?}", pod.mounts());
+        assert!(
+            pod.mounts().iter().any(|m| Path::new(m) == mp),
+            "{:?}",
+            pod.mounts()
+        );
         pod.destroy_sandbox().await;
         assert!(pod.mounts().is_empty(), "left mounted: {:?}", pod.mounts());
     });
@@ -133,40 +146,64 @@ fn a_device_that_never_appears_times_out_with_the_configured_timeout() {
     rt().block_on(async {
         let syn = Synthetic::new();
         // A PCI bridge at 02 with nothing behind it, and one SCSI host.
-        std::fs::create_dir_all(syn.sys().join("devices/pci0000:00/0000:00:02.0/pci_bus/0000:01")).unwrap();
+        std::fs::create_dir_all(
+            syn.sys()
+                .join("devices/pci0000:00/0000:00:02.0/pci_bus/0000:01"),
+        )
+        .unwrap();
         let host = syn.sys().join("class/scsi_host/host0");
         std::fs::create_dir_all(&host).unwrap();
         std::fs::write(host.join("scan"), "").unwrap();
-        let pod = Pod::new(TestAgent::start_with(syn.options(Some("agent.hotplug_timeout=500ms")))).await;
+        let pod = Pod::new(TestAgent::start_with(
+            syn.options(Some("agent.hotplug_timeout=500ms")),
+        ))
+        .await;
         let run = pod.run_dir();
 
         let mp = run.join("sandbox/storage/never");
         let msg = assert_code(
-            pod.create_sandbox(vec![storage("mmioblk", "/dev/vdz", "ext4", &mp, &[])]).await,
+            pod.create_sandbox(vec![storage("mmioblk", "/dev/vdz", "ext4", &mp, &[])])
+                .await,
             ttrpc::Code::DEADLINE_EXCEEDED,
         );
         assert!(msg.contains("/dev/vdz") && msg.contains("500ms"), "{msg}");
         assert!(!mp.exists());
 
         let msg = assert_code(
-            pod.create_sandbox(vec![storage("scsi", "1:2", "ext4", &mp, &[])]).await,
+            pod.create_sandbox(vec![storage("scsi", "1:2", "ext4", &mp, &[])])
+                .await,
             ttrpc::Code::DEADLINE_EXCEEDED,
         );
-        assert!(msg.contains("SCSI device 1:2") && msg.contains("500ms"), "{msg}");
+        assert!(
+            msg.contains("SCSI device 1:2") && msg.contains("500ms"),
+            "{msg}"
+        );
         assert_eq!(std::fs::read_to_string(host.join("scan")).unwrap(), "0 1 2");
 
         let mut s = spec(None, "true", vec![]);
         s.Linux.as_mut().unwrap().Devices = vec![spec_device("/dev/xvdb", "b", 252, 16)];
         let msg = assert_code(
-            pod.try_create("c1", s, vec![], vec![device("blk", "02/03", "", "/dev/xvdb", &[])]).await,
+            pod.try_create(
+                "c1",
+                s,
+                vec![],
+                vec![device("blk", "02/03", "", "/dev/xvdb", &[])],
+            )
+            .await,
             ttrpc::Code::DEADLINE_EXCEEDED,
         );
-        assert!(msg.contains("PCI path 02/03") && msg.contains("500ms"), "{msg}");
+        assert!(
+            msg.contains("PCI path 02/03") && msg.contains("500ms"),
+            "{msg}"
+        );
         assert!(!run.join("c1").exists());
 
         let mut swap = agent::AddSwapRequest::new();
         swap.PCIPath = vec![2, 4];
-        let msg = assert_code(pod.c.add_swap(ctx(), &swap).await, ttrpc::Code::DEADLINE_EXCEEDED);
+        let msg = assert_code(
+            pod.c.add_swap(ctx(), &swap).await,
+            ttrpc::Code::DEADLINE_EXCEEDED,
+        );
         assert!(msg.contains("02/04"), "{msg}");
         assert!(pod.mounts().is_empty());
         pod.destroy_sandbox().await;
@@ -202,12 +239,21 @@ fn pci_path_block_storage_and_device_on_a_synthetic_sysfs() {
             let res = linux.Resources.as_mut().unwrap();
             res.Devices = vec![rule(false, "a", 0, 0, "rwm"), rule(true, "b", 252, 16, "r")];
         }
-        pod.try_create("c1", s, vec![], vec![device("blk", "02/03", "", "/dev/xvdb", &[])])
-            .await
-            .unwrap();
+        pod.try_create(
+            "c1",
+            s,
+            vec![],
+            vec![device("blk", "02/03", "", "/dev/xvdb", &[])],
+        )
+        .await
+        .unwrap();
         let cfg = bundle_spec(&pod, "c1");
         let dev = &cfg["linux"]["devices"][0];
-        assert_eq!((dev["major"].as_u64(), dev["minor"].as_u64()), (Some(maj), Some(min)), "{dev}");
+        assert_eq!(
+            (dev["major"].as_u64(), dev["minor"].as_u64()),
+            (Some(maj), Some(min)),
+            "{dev}"
+        );
         let rules = cfg["linux"]["resources"]["devices"].as_array().unwrap();
         assert_eq!(rules[1]["major"].as_u64(), Some(maj), "{rules:?}");
         assert_eq!(rules[1]["access"], "r");
@@ -228,8 +274,10 @@ fn vfio_pci_device_on_a_synthetic_sysfs() {
         let sys = syn.sys();
         // Bridge 05 -> bus 01, function 0000:01:00.0, bound to nvme, in IOMMU group 7.
         let bdf = "0000:01:00.0";
-        std::fs::create_dir_all(sys.join("devices/pci0000:00/0000:00:05.0/pci_bus/0000:01")).unwrap();
-        std::fs::create_dir_all(sys.join(format!("devices/pci0000:00/0000:00:05.0/{bdf}"))).unwrap();
+        std::fs::create_dir_all(sys.join("devices/pci0000:00/0000:00:05.0/pci_bus/0000:01"))
+            .unwrap();
+        std::fs::create_dir_all(sys.join(format!("devices/pci0000:00/0000:00:05.0/{bdf}")))
+            .unwrap();
         let devdir = sys.join("bus/pci/devices").join(bdf);
         std::fs::create_dir_all(&devdir).unwrap();
         std::fs::write(devdir.join("driver_override"), "").unwrap();
@@ -238,7 +286,11 @@ fn vfio_pci_device_on_a_synthetic_sysfs() {
         std::fs::write(nvme.join("unbind"), "").unwrap();
         std::os::unix::fs::symlink(&nvme, devdir.join("driver")).unwrap();
         std::fs::create_dir_all(sys.join("kernel/iommu_groups/7")).unwrap();
-        std::os::unix::fs::symlink(sys.join("kernel/iommu_groups/7"), devdir.join("iommu_group")).unwrap();
+        std::os::unix::fs::symlink(
+            sys.join("kernel/iommu_groups/7"),
+            devdir.join("iommu_group"),
+        )
+        .unwrap();
         std::fs::write(sys.join("bus/pci/drivers_probe"), "").unwrap();
         // The guest's VFIO group node (numbers of /dev/null, so that it is harmless).
         std::fs::create_dir_all(syn.dev().join("vfio")).unwrap();
@@ -252,40 +304,96 @@ fn vfio_pci_device_on_a_synthetic_sysfs() {
         let pod = Pod::new(TestAgent::start_with(syn.options(None))).await;
 
         let mut s = spec(None, "true", vec![]);
-        s.Process.as_mut().unwrap().Env.push("PCIDEVICE_VENDOR_COM_GPU=0000:3b:00.0".into());
-        s.Process.as_mut().unwrap().Env.push("PCIDEVICE_VENDOR_COM_GPU_INFO={\"0000:3b:00.0\":{}}".into());
+        s.Process
+            .as_mut()
+            .unwrap()
+            .Env
+            .push("PCIDEVICE_VENDOR_COM_GPU=0000:3b:00.0".into());
+        s.Process
+            .as_mut()
+            .unwrap()
+            .Env
+            .push("PCIDEVICE_VENDOR_COM_GPU_INFO={\"0000:3b:00.0\":{}}".into());
         {
             let linux = s.Linux.as_mut().unwrap();
             linux.Devices = vec![spec_device("/dev/vfio/42", "c", 240, 42)];
             linux.Resources.as_mut().unwrap().Devices = vec![rule(true, "c", 240, 42, "rw")];
         }
-        let d = device("vfio-pci", "vfio-42", "", "/dev/vfio/42", &["0000:3b:00.0=05/00"]);
+        let d = device(
+            "vfio-pci",
+            "vfio-42",
+            "",
+            "/dev/vfio/42",
+            &["0000:3b:00.0=05/00"],
+        );
         pod.try_create("c1", s, vec![], vec![d]).await.unwrap();
 
-        assert_eq!(std::fs::read_to_string(devdir.join("driver_override")).unwrap(), "vfio-pci");
+        assert_eq!(
+            std::fs::read_to_string(devdir.join("driver_override")).unwrap(),
+            "vfio-pci"
+        );
         assert_eq!(std::fs::read_to_string(nvme.join("unbind")).unwrap(), bdf);
-        assert_eq!(std::fs::read_to_string(sys.join("bus/pci/drivers_probe")).unwrap(), bdf);
+        assert_eq!(
+            std::fs::read_to_string(sys.join("bus/pci/drivers_probe")).unwrap(),
+            bdf
+        );
         let cfg = bundle_spec(&pod, "c1");
         let dev = &cfg["linux"]["devices"][0];
         assert_eq!(dev["path"], "/dev/vfio/7", "{dev}");
-        assert_eq!((dev["major"].as_u64(), dev["minor"].as_u64()), (Some(1), Some(3)));
+        assert_eq!(
+            (dev["major"].as_u64(), dev["minor"].as_u64()),
+            (Some(1), Some(3))
+        );
         let rules = cfg["linux"]["resources"]["devices"].as_array().unwrap();
-        assert_eq!((rules[0]["major"].as_u64(), rules[0]["minor"].as_u64()), (Some(1), Some(3)));
-        let env: Vec<&str> = cfg["process"]["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-        assert!(env.contains(&"PCIDEVICE_VENDOR_COM_GPU=0000:01:00.0"), "{env:?}");
-        assert!(env.contains(&"PCIDEVICE_VENDOR_COM_GPU_INFO={\"0000:01:00.0\":{}}"), "{env:?}");
+        assert_eq!(
+            (rules[0]["major"].as_u64(), rules[0]["minor"].as_u64()),
+            (Some(1), Some(3))
+        );
+        let env: Vec<&str> = cfg["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            env.contains(&"PCIDEVICE_VENDOR_COM_GPU=0000:01:00.0"),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&"PCIDEVICE_VENDOR_COM_GPU_INFO={\"0000:01:00.0\":{}}"),
+            "{env:?}"
+        );
         pod.remove("c1").await;
 
         // Malformed options and unsupported types.
         let bad = [
-            (device("vfio-pci", "x", "", "/dev/vfio/1", &["no-equals-sign"]), ttrpc::Code::INVALID_ARGUMENT),
-            (device("floppy", "x", "", "/dev/fd0", &[]), ttrpc::Code::INVALID_ARGUMENT),
-            (device("blk", "02/00", "", "", &[]), ttrpc::Code::INVALID_ARGUMENT),
-            (device("blk", "", "", "/dev/vdc", &[]), ttrpc::Code::INVALID_ARGUMENT),
-            (device("vfio-ap", "x", "", "/dev/z90crypt", &["card"]), ttrpc::Code::UNIMPLEMENTED),
+            (
+                device("vfio-pci", "x", "", "/dev/vfio/1", &["no-equals-sign"]),
+                ttrpc::Code::INVALID_ARGUMENT,
+            ),
+            (
+                device("floppy", "x", "", "/dev/fd0", &[]),
+                ttrpc::Code::INVALID_ARGUMENT,
+            ),
+            (
+                device("blk", "02/00", "", "", &[]),
+                ttrpc::Code::INVALID_ARGUMENT,
+            ),
+            (
+                device("blk", "", "", "/dev/vdc", &[]),
+                ttrpc::Code::INVALID_ARGUMENT,
+            ),
+            (
+                device("vfio-ap", "x", "", "/dev/z90crypt", &["card"]),
+                ttrpc::Code::UNIMPLEMENTED,
+            ),
         ];
         for (d, code) in bad {
-            let msg = assert_code(pod.try_create("c2", spec(None, "true", vec![]), vec![], vec![d]).await, code);
+            let msg = assert_code(
+                pod.try_create("c2", spec(None, "true", vec![]), vec![], vec![d])
+                    .await,
+                code,
+            );
             assert!(!msg.is_empty());
         }
         // A device the spec does not list.
@@ -294,7 +402,13 @@ fn vfio_pci_device_on_a_synthetic_sysfs() {
                 "c3",
                 spec(None, "true", vec![]),
                 vec![],
-                vec![device("vfio-pci", "x", "", "/dev/vfio/99", &["0000:3b:00.0=05/00"])],
+                vec![device(
+                    "vfio-pci",
+                    "x",
+                    "",
+                    "/dev/vfio/99",
+                    &["0000:3b:00.0=05/00"],
+                )],
             )
             .await,
             ttrpc::Code::INVALID_ARGUMENT,
@@ -363,7 +477,10 @@ fn online_cpu_mem_on_a_synthetic_sysfs_widens_a_real_cpuset() {
         // More CPUs than exist: a clear error after the retries.
         req.nb_cpus = 3;
         req.cpu_only = true;
-        let msg = assert_code(pod.c.online_cpu_mem(ctx(), &req).await, ttrpc::Code::INTERNAL);
+        let msg = assert_code(
+            pod.c.online_cpu_mem(ctx(), &req).await,
+            ttrpc::Code::INTERNAL,
+        );
         assert!(msg.contains("3 CPU"), "{msg}");
 
         let mut probe = agent::MemHotplugByProbeRequest::new();
@@ -398,10 +515,18 @@ fn guest_details_report_storage_and_device_handlers() {
             "overlayfs",
             "watchable-bind",
         ] {
-            assert!(d.storage_handlers.iter().any(|h| h == s), "{s}: {:?}", d.storage_handlers);
+            assert!(
+                d.storage_handlers.iter().any(|h| h == s),
+                "{s}: {:?}",
+                d.storage_handlers
+            );
         }
         for h in ["blk", "mmioblk", "scsi", "nvdimm", "vfio-pci"] {
-            assert!(d.device_handlers.iter().any(|x| x == h), "{h}: {:?}", d.device_handlers);
+            assert!(
+                d.device_handlers.iter().any(|x| x == h),
+                "{h}: {:?}",
+                d.device_handlers
+            );
         }
     });
 }

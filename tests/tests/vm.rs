@@ -15,7 +15,8 @@ use e2e::binary;
 use protocols::agent::{
     CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
     ExecProcessRequest, GetOOMEventRequest, GuestDetailsRequest, ReadStreamRequest,
-    RemoveContainerRequest, StartContainerRequest, WaitProcessRequest, WriteStreamRequest,
+    RemoveContainerRequest, SignalProcessRequest, StartContainerRequest, WaitProcessRequest,
+    WriteStreamRequest,
 };
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::{health_check_response::ServingStatus, CheckRequest};
@@ -150,10 +151,14 @@ fn spec(rootfs: &str, args: &[&str], extra: impl FnOnce(&mut Value)) -> protocol
 /// look at the agent (PID 1 of the guest) and at the cgroups it made.
 fn with_guest_views(v: &mut Value) {
     let mounts = v["Mounts"].as_array_mut().unwrap();
-    mounts.push(json!({"destination": "/guestproc", "source": "/proc", "type": "bind",
-                       "options": ["rbind", "ro"]}));
-    mounts.push(json!({"destination": "/guestcgroup", "source": "/sys/fs/cgroup", "type": "bind",
-                       "options": ["rbind", "ro"]}));
+    mounts.push(
+        json!({"destination": "/guestproc", "source": "/proc", "type": "bind",
+                       "options": ["rbind", "ro"]}),
+    );
+    mounts.push(
+        json!({"destination": "/guestcgroup", "source": "/sys/fs/cgroup", "type": "bind",
+                       "options": ["rbind", "ro"]}),
+    );
 }
 
 /// Runs a process in container `cid` and returns (exit status, stdout, stderr).
@@ -242,6 +247,19 @@ async fn remove(client: &AgentServiceClient, cid: &str) {
         .unwrap_or_else(|e| panic!("RemoveContainer {cid}: {e:?}"));
 }
 
+/// What a runtime does before removing a running container: SIGKILL its init, wait, remove.
+async fn stop_and_remove(client: &AgentServiceClient, cid: &str) {
+    let mut req = SignalProcessRequest::new();
+    req.container_id = cid.into();
+    req.signal = libc::SIGKILL as u32;
+    client
+        .signal_process(ctx(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("SignalProcess {cid}: {e:?}"));
+    assert_eq!(wait(client, cid, "").await, 137);
+    remove(client, cid).await;
+}
+
 async fn create_sandbox(client: &AgentServiceClient, id: &str) {
     let mut req = CreateSandboxRequest::new();
     req.hostname = "vmtest".into();
@@ -281,7 +299,9 @@ fn core_limit(limits: &str) -> (String, String) {
         .lines()
         .find(|l| l.starts_with("Max core file size"))
         .expect("a core file size line");
-    let f: Vec<&str> = line["Max core file size".len()..].split_whitespace().collect();
+    let f: Vec<&str> = line["Max core file size".len()..]
+        .split_whitespace()
+        .collect();
     (f[0].to_string(), f[1].to_string())
 }
 
@@ -376,7 +396,10 @@ fn vm_init_api_containers_cgroup_v1() {
         .await;
 
         // PID-1 duties: the agent is PID 1 and did the base and cgroup v1 mounts.
-        assert_eq!(sh(&c, "probe", "cat /guestproc/1/comm").await.trim(), "kata-agent");
+        assert_eq!(
+            sh(&c, "probe", "cat /guestproc/1/comm").await.trim(),
+            "kata-agent"
+        );
         let mi = sh(&c, "probe", "cat /guestproc/1/mountinfo").await;
         for (point, fstype) in [
             ("/proc", "proc"),
@@ -392,10 +415,13 @@ fn vm_init_api_containers_cgroup_v1() {
             ("/sys/fs/cgroup/pids", "cgroup"),
             (DEFAULT_SHARE_AT, "9p"),
         ] {
-            assert!(has_mount(&mi, point, fstype), "no {fstype} on {point}:\n{mi}");
+            assert!(
+                has_mount(&mi, point, fstype),
+                "no {fstype} on {point}:\n{mi}"
+            );
         }
-        let hostname = sh(&c, "probe", "cat /guestproc/sys/kernel/hostname").await;
-        assert_eq!(hostname.trim(), "kata-vm", "hostname from /etc/hostname");
+        // Containers share the sandbox's UTS namespace, named by CreateSandbox.
+        assert_eq!(sh(&c, "probe", "hostname").await.trim(), "vmtest");
         // Without agent.devmode, core dumps stay off.
         let limits = sh(&c, "probe", "cat /guestproc/1/limits").await;
         assert_eq!(core_limit(&limits).0, "0", "{limits}");
@@ -462,10 +488,17 @@ fn vm_init_api_containers_cgroup_v1() {
             &c,
             "probe",
             "streams",
-            &["sh", "-c", "printf 'to stdout'; printf 'to stderr' >&2; exit 7"],
+            &[
+                "sh",
+                "-c",
+                "printf 'to stdout'; printf 'to stderr' >&2; exit 7",
+            ],
         )
         .await;
-        assert_eq!((status, text(&out), text(&err)), (7, "to stdout".into(), "to stderr".into()));
+        assert_eq!(
+            (status, text(&out), text(&err)),
+            (7, "to stdout".into(), "to stderr".into())
+        );
 
         // The 9p share both ways: a host file read in the container, a container file read on
         // the host, byte for byte.
@@ -473,7 +506,11 @@ fn vm_init_api_containers_cgroup_v1() {
         std::fs::write(share.path().join("rootfs/from-host.bin"), &blob).unwrap();
         let (status, out, _) = exec(&c, "probe", "read-share", &["cat", "/from-host.bin"]).await;
         assert_eq!(status, 0);
-        assert!(out == blob, "file read over 9p differs ({} bytes)", out.len());
+        assert!(
+            out == blob,
+            "file read over 9p differs ({} bytes)",
+            out.len()
+        );
         sh(&c, "probe", "cp /from-host.bin /from-guest.bin && sync").await;
         let back = std::fs::read(share.path().join("rootfs/from-guest.bin")).unwrap();
         assert!(back == blob, "file written over 9p differs");
@@ -485,7 +522,11 @@ fn vm_init_api_containers_cgroup_v1() {
             "hog",
             spec(
                 &rootfs,
-                &["sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/null bs=96M count=1"],
+                &[
+                    "sh",
+                    "-c",
+                    "sleep 1; dd if=/dev/zero of=/dev/null bs=96M count=1",
+                ],
                 |v| {
                     v["Linux"]["Resources"] = json!({"Memory": {"Limit": limit}});
                     v["Linux"]["CgroupsPath"] = json!("/vmtest/hog");
@@ -518,7 +559,7 @@ fn vm_init_api_containers_cgroup_v1() {
         .await;
         assert_eq!(zombies.trim(), "", "zombies in the guest");
 
-        remove(&c, "probe").await;
+        stop_and_remove(&c, "probe").await;
         destroy_and_expect_poweroff(&mut guest).await;
     });
     eprintln!(
@@ -577,7 +618,11 @@ fn vm_cgroup_v2_and_devmode() {
             "hog",
             spec(
                 &rootfs,
-                &["sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/null bs=96M count=1"],
+                &[
+                    "sh",
+                    "-c",
+                    "sleep 1; dd if=/dev/zero of=/dev/null bs=96M count=1",
+                ],
                 |v| {
                     v["Linux"]["Resources"] = json!({"Memory": {"Limit": limit}});
                     v["Linux"]["CgroupsPath"] = json!("/vmtest/hog");
@@ -601,7 +646,7 @@ fn vm_cgroup_v2_and_devmode() {
             .unwrap_or(0);
         assert!(oom_kills >= 1, "{events}");
         remove(&c, "hog").await;
-        remove(&c, "probe").await;
+        stop_and_remove(&c, "probe").await;
         destroy_and_expect_poweroff(&mut guest).await;
     });
     eprintln!(

@@ -163,8 +163,9 @@ fn block_device_size(dev: &Path) -> Result<u64> {
         .map_err(|e| AgentError::internal(format!("cannot open {}: {e}", dev.display())))?;
     let mut size = 0u64;
     // SAFETY: BLKGETSIZE64 writes one u64 to the pointer.
-    unsafe { blk_getsize64(f.as_raw_fd(), &mut size) }
-        .map_err(|e| AgentError::internal(format!("cannot get the size of {}: {e}", dev.display())))?;
+    unsafe { blk_getsize64(f.as_raw_fd(), &mut size) }.map_err(|e| {
+        AgentError::internal(format!("cannot get the size of {}: {e}", dev.display()))
+    })?;
     Ok(size)
 }
 
@@ -210,7 +211,7 @@ pub fn resize_volume(root: &Root, path: &str, size: u64) -> Result<()> {
     } else {
         if size > 0 {
             let bsize = nix::sys::statvfs::statvfs(&r.real)
-                .map(|s| s.block_size() as u64)
+                .map(|s| s.block_size())
                 .unwrap_or(4096)
                 .max(512);
             cmd.arg("-D").arg((size / bsize).to_string());
@@ -236,14 +237,19 @@ pub fn swapon(path: &Path, shown: &str) -> Result<()> {
     // SAFETY: swapon with a valid NUL-terminated path.
     if unsafe { libc::swapon(c.as_ptr(), 0) } != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(AgentError::internal(format!("cannot enable swap on {shown}: {e}")));
+        return Err(AgentError::internal(format!(
+            "cannot enable swap on {shown}: {e}"
+        )));
     }
     Ok(())
 }
 
 /// Which CPUs are online: from the per-CPU `online` files (a CPU without one, usually cpu0,
 /// cannot go offline), or from `cpu/online` when there are no per-CPU directories.
-fn cpu_status(sysfs: &Path) -> Result<(BTreeSet<u32>, Vec<(u32, PathBuf)>)> {
+/// Online CPUs, and the offline ones with their `online` file.
+type CpuStatus = (BTreeSet<u32>, Vec<(u32, PathBuf)>);
+
+fn cpu_status(sysfs: &Path) -> Result<CpuStatus> {
     let dir = sysfs.join("devices/system/cpu");
     let mut online = BTreeSet::new();
     let mut offline = Vec::new();
@@ -279,7 +285,8 @@ pub fn parse_cpu_list(text: &str) -> Result<BTreeSet<u32>> {
         let bad = || AgentError::internal(format!("invalid CPU list {text:?}"));
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (u32, u32) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b || b - a > 65536 {
                     return Err(bad());
                 }
@@ -327,7 +334,9 @@ pub fn online_cpus(sysfs: &Path, nb_cpus: u32) -> Result<String> {
             }
             match std::fs::write(&file, "1") {
                 Ok(()) => need -= 1,
-                Err(e) => tracing::warn!(subsystem = "guest", cpu = n, error = %e, "cannot online CPU"),
+                Err(e) => {
+                    tracing::warn!(subsystem = "guest", cpu = n, error = %e, "cannot online CPU")
+                }
             }
         }
         let (online, _) = cpu_status(sysfs)?;
@@ -358,7 +367,9 @@ pub fn online_memory(sysfs: &Path) -> usize {
             continue;
         }
         let file = e.path().join("online");
-        if std::fs::read_to_string(&file).is_ok_and(|s| s.trim() == "0") && std::fs::write(&file, "1").is_ok() {
+        if std::fs::read_to_string(&file).is_ok_and(|s| s.trim() == "0")
+            && std::fs::write(&file, "1").is_ok()
+        {
             n += 1;
         }
     }
@@ -379,9 +390,8 @@ pub fn mem_hotplug_probe(sysfs: &Path, addrs: &[u64]) -> Result<()> {
             .append(true)
             .open(&probe)
             .map_err(|e| AgentError::internal(format!("cannot open {}: {e}", probe.display())))?;
-        f.write_all(format!("0x{addr:X}").as_bytes()).map_err(|e| {
-            AgentError::internal(format!("cannot probe memory at {addr:#x}: {e}"))
-        })?;
+        f.write_all(format!("0x{addr:X}").as_bytes())
+            .map_err(|e| AgentError::internal(format!("cannot probe memory at {addr:#x}: {e}")))?;
     }
     Ok(())
 }
@@ -436,13 +446,19 @@ mod tests {
         for n in 0..4 {
             std::fs::create_dir_all(cpu.join(format!("cpu{n}"))).unwrap();
             if n > 0 {
-                std::fs::write(cpu.join(format!("cpu{n}/online")), if n == 1 { "1\n" } else { "0\n" })
-                    .unwrap();
+                std::fs::write(
+                    cpu.join(format!("cpu{n}/online")),
+                    if n == 1 { "1\n" } else { "0\n" },
+                )
+                .unwrap();
             }
         }
         assert_eq!(online_cpus(dir.path(), 2).unwrap(), "0-1");
         assert_eq!(online_cpus(dir.path(), 3).unwrap(), "0-2");
-        assert_eq!(std::fs::read_to_string(cpu.join("cpu3/online")).unwrap(), "0\n");
+        assert_eq!(
+            std::fs::read_to_string(cpu.join("cpu3/online")).unwrap(),
+            "0\n"
+        );
         assert_eq!(online_cpus(dir.path(), 4).unwrap(), "0-3");
         let mem = dir.path().join("devices/system/memory");
         for (n, v) in [(0, "1"), (1, "0"), (2, "0")] {
@@ -450,14 +466,20 @@ mod tests {
             std::fs::write(mem.join(format!("memory{n}/online")), v).unwrap();
         }
         assert_eq!(online_memory(dir.path()), 2);
-        assert_eq!(std::fs::read_to_string(mem.join("memory2/online")).unwrap(), "1");
+        assert_eq!(
+            std::fs::read_to_string(mem.join("memory2/online")).unwrap(),
+            "1"
+        );
         assert_eq!(
             mem_hotplug_probe(dir.path(), &[0x1]).unwrap_err().code,
             ttrpc::Code::FAILED_PRECONDITION
         );
         std::fs::write(mem.join("probe"), "").unwrap();
         mem_hotplug_probe(dir.path(), &[0x8000_0000, 0xabc]).unwrap();
-        assert_eq!(std::fs::read_to_string(mem.join("probe")).unwrap(), "0x800000000xABC");
+        assert_eq!(
+            std::fs::read_to_string(mem.join("probe")).unwrap(),
+            "0x800000000xABC"
+        );
     }
 
     #[test]

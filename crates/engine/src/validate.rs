@@ -446,5 +446,23 @@ mod tests {
         ));
         s.set_linux(Some(l));
         assert!(validate_spec(&s).is_err());
+
+        for (path, ok) in [
+            ("../../escape", false),
+            ("/a/../b", false),
+            ("slice:..:x", false),
+            ("kubepods.slice:cri:abc", true),
+            ("/a/b..c", true),
+        ] {
+            let mut s = spec.clone();
+            let mut l = s.linux().clone().unwrap();
+            l.set_cgroups_path(Some(path.into()));
+            s.set_linux(Some(l));
+            let r = validate_spec(&s);
+            assert_eq!(r.is_ok(), ok, "{path}: {r:?}");
+            if !ok {
+                assert!(matches!(r, Err(Error::InvalidArgument(_))));
+            }
+        }
     }
 }

@@ -379,7 +379,10 @@ impl Vm {
                 );
             }
             if Instant::now() > deadline {
-                bail!("vhost-device-vsock did not create {}", vhost_socket.display());
+                bail!(
+                    "vhost-device-vsock did not create {}",
+                    vhost_socket.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -660,7 +663,11 @@ impl Drop for Vm {
         self.qemu.kill();
         self.vsock.kill();
         if std::thread::panicking() {
-            eprintln!("vmtest: VM {} failed:\n{}", self.config.name, self.diagnostics());
+            eprintln!(
+                "vmtest: VM {} failed:\n{}",
+                self.config.name,
+                self.diagnostics()
+            );
         }
     }
 }
@@ -685,10 +692,7 @@ pub fn hybrid_connect(hvsock: &Path, port: u32) -> Result<UnixStream> {
         }
     }
     if !line.starts_with(b"OK") {
-        bail!(
-            "CONNECT {port} refused: {}",
-            String::from_utf8_lossy(&line)
-        );
+        bail!("CONNECT {port} refused: {}", String::from_utf8_lossy(&line));
     }
     s.set_read_timeout(None)?;
     Ok(s)

@@ -133,7 +133,14 @@ pub fn bind(src: &Path, dest: &str) -> oci::Mount {
 /// A busybox container spec: root read-only (`root` or the shared busybox rootfs), a tmpfs on
 /// /tmp for the volumes below it, `extra` mounts, new mount/ipc/uts namespaces.
 pub fn spec(root: Option<&Path>, script: &str, extra: Vec<oci::Mount>) -> oci::Spec {
-    let caps = strs(&["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETUID", "CAP_SETGID"]);
+    let caps = strs(&[
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FOWNER",
+        "CAP_KILL",
+        "CAP_SETUID",
+        "CAP_SETGID",
+    ]);
     let mut c = oci::LinuxCapabilities::new();
     c.Bounding = caps.clone();
     c.Effective = caps.clone();
@@ -157,7 +164,12 @@ pub fn spec(root: Option<&Path>, script: &str, extra: Vec<oci::Mount>) -> oci::S
     s.Root = MessageField::some(r);
     s.Mounts = vec![
         mount_msg("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount_msg("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount_msg(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
         mount_msg("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "size=16m"]),
     ];
     s.Mounts.extend(extra);
@@ -176,7 +188,13 @@ pub fn spec(root: Option<&Path>, script: &str, extra: Vec<oci::Mount>) -> oci::S
     s
 }
 
-pub fn storage(driver: &str, source: &str, fstype: &str, mount_point: &Path, options: &[&str]) -> agent::Storage {
+pub fn storage(
+    driver: &str,
+    source: &str,
+    fstype: &str,
+    mount_point: &Path,
+    options: &[&str],
+) -> agent::Storage {
     let mut s = agent::Storage::new();
     s.driver = driver.into();
     s.source = source.into();
@@ -312,7 +330,15 @@ impl Pod {
 
 /// Builds `<sysfs>/devices/pci0000:00/0000:00:<bridge>.0/pci_bus/0000:<bus>` and a virtio-blk disk
 /// `name` behind it at slot `slot`, with the given device numbers, plus its `class/block` link.
-pub fn synthetic_virtio_blk(sysfs: &Path, bridge: u8, bus: u8, slot: u8, name: &str, major: u64, minor: u64) {
+pub fn synthetic_virtio_blk(
+    sysfs: &Path,
+    bridge: u8,
+    bus: u8,
+    slot: u8,
+    name: &str,
+    major: u64,
+    minor: u64,
+) {
     let bridge_dir = sysfs.join(format!("devices/pci0000:00/0000:00:{bridge:02x}.0"));
     std::fs::create_dir_all(bridge_dir.join(format!("pci_bus/0000:{bus:02x}"))).unwrap();
     let rel = format!(

@@ -119,14 +119,11 @@ pub async fn apply(
                 let gk = d.type_ == "vfio-pci-gk";
                 let (map, group) = vfio_pci(devices, timeout, &d.options, !gk).await?;
                 pcimap.extend(map);
-                match group {
-                    Some(group) => {
-                        let node = devices.vfio_group(&group, timeout).await?;
-                        let mut u = node_update(&d.container_path, &node)?;
-                        u.new_path = Some(format!("/dev/vfio/{group}"));
-                        updates.push(u);
-                    }
-                    None => {}
+                if let Some(group) = group {
+                    let node = devices.vfio_group(&group, timeout).await?;
+                    let mut u = node_update(&d.container_path, &node)?;
+                    u.new_path = Some(format!("/dev/vfio/{group}"));
+                    updates.push(u);
                 }
                 None
             }
@@ -202,7 +199,10 @@ pub fn apply_updates(spec: &mut Spec, updates: &[NodeUpdate]) -> Result<()> {
             continue;
         };
         let key = (dev.typ().as_str().to_string(), dev.major(), dev.minor());
-        if host_to_guest.insert(key.clone(), (u.major, u.minor)).is_some() {
+        if host_to_guest
+            .insert(key.clone(), (u.major, u.minor))
+            .is_some()
+        {
             return Err(AgentError::invalid_argument(format!(
                 "two devices of the spec have the numbers {} {}:{}",
                 key.0, key.1, key.2
@@ -221,7 +221,10 @@ pub fn apply_updates(spec: &mut Spec, updates: &[NodeUpdate]) -> Result<()> {
         )));
     }
     linux.set_devices(Some(devs));
-    let mut resources = linux.resources().clone().unwrap_or_else(LinuxResources::default);
+    let mut resources = linux
+        .resources()
+        .clone()
+        .unwrap_or_else(LinuxResources::default);
     let mut rules = resources.devices().clone().unwrap_or_default();
     for rule in rules.iter_mut() {
         let (Some(typ), Some(major), Some(minor)) = (rule.typ(), rule.major(), rule.minor()) else {
@@ -474,11 +477,17 @@ mod tests {
             minor: 3,
             new_path: None,
         };
-        apply_updates(&mut spec, &[u.clone()]).unwrap();
+        apply_updates(&mut spec, std::slice::from_ref(&u)).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         let d = &linux.devices().as_ref().unwrap()[0];
         assert_eq!((d.major(), d.minor()), (7, 3));
-        let rules = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
+        let rules = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap();
         assert_eq!(rules.len(), 3);
         assert_eq!((rules[1].major(), rules[1].minor()), (Some(7), Some(3)));
         assert_eq!(rules[1].access().as_deref(), Some("rw"));

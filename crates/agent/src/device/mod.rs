@@ -27,7 +27,14 @@ use crate::error::{AgentError, Result};
 use uevent::{Uevent, UeventSocket};
 
 /// Device types CreateContainer handles (reported by GetGuestDetails).
-pub const DEVICE_HANDLERS: &[&str] = &["blk", "mmioblk", "scsi", "nvdimm", "vfio-pci", "vfio-pci-gk"];
+pub const DEVICE_HANDLERS: &[&str] = &[
+    "blk",
+    "mmioblk",
+    "scsi",
+    "nvdimm",
+    "vfio-pci",
+    "vfio-pci-gk",
+];
 
 /// What a waiter is waiting for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +79,8 @@ impl Matcher {
                 if !block || ev.devname != *name {
                     return false;
                 }
-                if matches!(self, Matcher::Pmem { .. }) && !ev.devpath.starts_with("/devices/LNXSYSTM")
+                if matches!(self, Matcher::Pmem { .. })
+                    && !ev.devpath.starts_with("/devices/LNXSYSTM")
                 {
                     return false;
                 }
@@ -122,8 +130,8 @@ impl Matcher {
 /// `500ms`, `3s`, `1.5s`.
 pub fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
     } else if ms >= 1000 {
         format!("{}s", d.as_secs_f64())
     } else {
@@ -326,9 +334,10 @@ impl Devices {
                         ..Default::default()
                     });
                 }
-                let text =
-                    std::fs::read_to_string(sysfs.join(devpath.trim_start_matches('/')).join("uevent"))
-                        .ok()?;
+                let text = std::fs::read_to_string(
+                    sysfs.join(devpath.trim_start_matches('/')).join("uevent"),
+                )
+                .ok()?;
                 let ev = Uevent::from_sysfs(&devpath, "vfio", &text);
                 (!ev.devname.is_empty()).then_some(ev)
             }
@@ -352,11 +361,7 @@ impl Devices {
     /// The node of a device event below the /dev root, created from MAJOR/MINOR when missing.
     pub fn node_for(&self, ev: &Uevent, block: bool) -> Result<PathBuf> {
         let name = Path::new(&ev.devname);
-        if ev.devname.is_empty()
-            || !name
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)))
-        {
+        if ev.devname.is_empty() || !name.components().all(|c| matches!(c, Component::Normal(_))) {
             return Err(AgentError::internal(format!(
                 "device {} has an unusable DEVNAME {:?}",
                 ev.devpath, ev.devname
@@ -395,7 +400,11 @@ impl Devices {
     }
 
     /// A virtio-blk disk at a PCI path: waits for it and returns its node.
-    pub async fn virtio_blk_pci(&self, path: &pci::DevTreePath, timeout: Duration) -> Result<PathBuf> {
+    pub async fn virtio_blk_pci(
+        &self,
+        path: &pci::DevTreePath,
+        timeout: Duration,
+    ) -> Result<PathBuf> {
         let sysfs = self.shared.sysfs.clone();
         let p = path.clone();
         let resolved = tokio::task::spawn_blocking(move || pci::resolve(&sysfs, &p))
@@ -411,7 +420,12 @@ impl Devices {
 
     /// A disk named by its host path `/dev/<name>` (virtio-mmio, or any existing disk).
     /// Waits only when the node does not exist yet.
-    pub async fn block_by_name(&self, host: &str, timeout: Duration, pmem: bool) -> Result<PathBuf> {
+    pub async fn block_by_name(
+        &self,
+        host: &str,
+        timeout: Duration,
+        pmem: bool,
+    ) -> Result<PathBuf> {
         let node = self.dev_path("device", host)?;
         if std::fs::symlink_metadata(&node).is_ok() {
             return Ok(node);
@@ -459,7 +473,11 @@ impl Devices {
     }
 
     /// A PCI device: waits until it exists; returns where it is.
-    pub async fn pci_device(&self, path: &pci::DevTreePath, timeout: Duration) -> Result<pci::Resolved> {
+    pub async fn pci_device(
+        &self,
+        path: &pci::DevTreePath,
+        timeout: Duration,
+    ) -> Result<pci::Resolved> {
         let sysfs = self.shared.sysfs.clone();
         let p = path.clone();
         let resolved = tokio::task::spawn_blocking(move || pci::resolve(&sysfs, &p))
@@ -505,7 +523,10 @@ pub fn parse_scsi_addr(addr: &str) -> Result<(u32, u32)> {
     if lun.contains(':') {
         return Err(bad());
     }
-    Ok((id.parse().map_err(|_| bad())?, lun.parse().map_err(|_| bad())?))
+    Ok((
+        id.parse().map_err(|_| bad())?,
+        lun.parse().map_err(|_| bad())?,
+    ))
 }
 
 /// Whether `path` is a block device node.
@@ -547,7 +568,9 @@ mod tests {
             "/devices/pci0000:00/0000:00:02.0/0000:01:03.01/virtio4/block/vdb",
             "vdb"
         )));
-        let m = Matcher::BlockName { name: "loop7".into() };
+        let m = Matcher::BlockName {
+            name: "loop7".into(),
+        };
         assert!(m.matches(&ev("/devices/virtual/block/loop7", "loop7")));
         assert!(!m.matches(&ev("/devices/virtual/block/loop17", "loop17")));
         let m = Matcher::Scsi { addr: "1:2".into() };
@@ -559,7 +582,9 @@ mod tests {
             "/devices/pci0000:00/0000:00:05.0/virtio2/host0/target0:0:1/0:0:1:23/block/sdb",
             "sdb"
         )));
-        let m = Matcher::Pmem { name: "pmem0".into() };
+        let m = Matcher::Pmem {
+            name: "pmem0".into(),
+        };
         assert!(m.matches(&ev(
             "/devices/LNXSYSTM:00/LNXSYBUS:00/ACPI0012:00/ndbus0/region0/namespace0.0/block/pmem0",
             "pmem0"
@@ -619,15 +644,16 @@ mod tests {
         assert_eq!(waiter.await.unwrap().unwrap().devname, "loop4");
         let e = d
             .wait(
-                Matcher::BlockName {
-                    name: "vdz".into(),
-                },
+                Matcher::BlockName { name: "vdz".into() },
                 Duration::from_millis(50),
             )
             .await
             .unwrap_err();
         assert_eq!(e.code, ttrpc::Code::DEADLINE_EXCEEDED);
-        assert!(e.message.contains("/dev/vdz") && e.message.contains("50ms"), "{e}");
+        assert!(
+            e.message.contains("/dev/vdz") && e.message.contains("50ms"),
+            "{e}"
+        );
         assert!(d.shared.state.lock().unwrap().waiters.is_empty());
     }
 }

@@ -37,7 +37,9 @@ impl fmt::Display for PciPath {
 
 fn parse_element(text: &str, whole: &str) -> Result<SlotFn> {
     let bad = |why: &str| {
-        AgentError::invalid_argument(format!("invalid PCI path {whole:?}: element {text:?} {why}"))
+        AgentError::invalid_argument(format!(
+            "invalid PCI path {whole:?}: element {text:?} {why}"
+        ))
     };
     let (slot, func) = match text.split_once('.') {
         Some((s, f)) => (s, Some(f)),
@@ -52,7 +54,9 @@ fn parse_element(text: &str, whole: &str) -> Result<SlotFn> {
     }
     let func = match func {
         None => 0,
-        Some(f) if f.len() == 1 => u8::from_str_radix(f, 16).map_err(|_| bad("has a non-hex function"))?,
+        Some(f) if f.len() == 1 => {
+            u8::from_str_radix(f, 16).map_err(|_| bad("has a non-hex function"))?
+        }
         Some(_) => return Err(bad("needs a function of one hex digit")),
     };
     if func > 7 {
@@ -196,8 +200,8 @@ fn bus_behind(dir: &Path, path: &DevTreePath) -> Result<String> {
             }
         }
         Err(_) => {
-            let entries = std::fs::read_dir(dir)
-                .map_err(|e| err(format!("cannot be listed ({e})")))?;
+            let entries =
+                std::fs::read_dir(dir).map_err(|e| err(format!("cannot be listed ({e})")))?;
             let mut buses: Vec<String> = entries
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -209,7 +213,10 @@ fn bus_behind(dir: &Path, path: &DevTreePath) -> Result<String> {
             match buses.as_slice() {
                 [one] => Ok(one.clone()),
                 [] => Err(err("is not a bridge with devices behind it".into())),
-                many => Err(err(format!("has devices on several buses: {}", many.join(", ")))),
+                many => Err(err(format!(
+                    "has devices on several buses: {}",
+                    many.join(", ")
+                ))),
             }
         }
     }
@@ -218,10 +225,7 @@ fn bus_behind(dir: &Path, path: &DevTreePath) -> Result<String> {
 /// Resolves a PCI path through sysfs (`sysfs` is the sysfs root, `/sys` normally).
 pub fn resolve(sysfs: &Path, path: &DevTreePath) -> Result<Resolved> {
     let root = root_bus_dir(sysfs, path.root_complex);
-    let root_rel = format!(
-        "/{}",
-        root.strip_prefix(sysfs).unwrap_or(&root).display()
-    );
+    let root_rel = format!("/{}", root.strip_prefix(sysfs).unwrap_or(&root).display());
     let mut bus = "0000:00".to_string();
     let mut rel = String::new();
     let n = path.path.0.len();

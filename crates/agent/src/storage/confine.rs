@@ -12,7 +12,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 
 use crate::error::{AgentError, Result};
 
@@ -34,7 +33,13 @@ fn cstr(p: &Path) -> io::Result<CString> {
 
 /// `openat2(dirfd, rel, flags, mode)` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`.
 pub fn open_beneath(dirfd: RawFd, rel: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    openat2(dirfd, rel, flags, mode, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+    openat2(
+        dirfd,
+        rel,
+        flags,
+        mode,
+        RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 /// Like [`open_beneath`], but no symlink at all may be crossed (for trees the host controls).
@@ -128,8 +133,6 @@ pub fn clean_absolute(what: &str, path: &str) -> Result<PathBuf> {
 pub struct Root {
     /// The root as configured (host paths are compared against this spelling).
     pub path: PathBuf,
-    /// Open `O_PATH` descriptor of the root, made on first use.
-    fd: Arc<std::sync::OnceLock<OwnedFd>>,
 }
 
 /// A path resolved below a [`Root`].
@@ -145,10 +148,7 @@ pub struct Resolved {
 
 impl Root {
     pub fn new(path: impl Into<PathBuf>) -> Root {
-        Root {
-            path: path.into(),
-            fd: Arc::new(std::sync::OnceLock::new()),
-        }
+        Root { path: path.into() }
     }
 
     /// The part of `path` below this root (`None` if `path` is not inside it, component-wise).
@@ -162,19 +162,16 @@ impl Root {
             .is_some_and(|r| !r.as_os_str().is_empty())
     }
 
-    /// Descriptor of the root directory (created if missing).
-    pub fn fd(&self) -> Result<RawFd> {
-        if let Some(fd) = self.fd.get() {
-            return Ok(fd.as_raw_fd());
-        }
+    /// Descriptor of the root directory (created if missing). Opened afresh each time, so that
+    /// a file system mounted on the root later (the shared directory) is the one used.
+    pub fn fd(&self) -> Result<OwnedFd> {
         std::fs::create_dir_all(&self.path).map_err(|e| {
             AgentError::internal(format!("cannot create {}: {e}", self.path.display()))
         })?;
         let file = std::fs::File::open(&self.path).map_err(|e| {
             AgentError::internal(format!("cannot open {}: {e}", self.path.display()))
         })?;
-        let _ = self.fd.set(OwnedFd::from(file));
-        Ok(self.fd.get().expect("just set").as_raw_fd())
+        Ok(OwnedFd::from(file))
     }
 
     /// The relative part of a (lexically clean) host path, or an INVALID_ARGUMENT error.
@@ -195,7 +192,7 @@ impl Root {
     }
 
     fn resolve_rel(&self, what: &str, shown: &Path, rel: PathBuf) -> Result<Resolved> {
-        let fd = open_beneath(self.fd()?, &rel, libc::O_PATH, 0)
+        let fd = open_beneath(self.fd()?.as_raw_fd(), &rel, libc::O_PATH, 0)
             .map_err(|e| resolve_error(what, shown, &self.path, e))?;
         let real = real_path(&fd).map_err(|e| {
             AgentError::internal(format!("cannot read the path of {}: {e}", shown.display()))
@@ -210,9 +207,15 @@ impl Root {
 
     /// `mkdir -p` below the root. Returns the directory and the directories this call created
     /// (outermost first).
-    pub fn mkdir_all(&self, what: &str, path: &Path, mode: u32) -> Result<(Resolved, Vec<PathBuf>)> {
+    pub fn mkdir_all(
+        &self,
+        what: &str,
+        path: &Path,
+        mode: u32,
+    ) -> Result<(Resolved, Vec<PathBuf>)> {
         let rel = self.rel_of(what, path)?.to_path_buf();
-        let root = self.fd()?;
+        let root_fd = self.fd()?;
+        let root = root_fd.as_raw_fd();
         let mut created = Vec::new();
         let mut cur = PathBuf::new();
         let mut dir = open_beneath(root, Path::new(""), libc::O_PATH | libc::O_DIRECTORY, 0)
@@ -258,19 +261,17 @@ impl Root {
         let real = real_path(&dir).map_err(|e| {
             AgentError::internal(format!("cannot read the path of {}: {e}", path.display()))
         })?;
-        Ok((
-            Resolved {
-                fd: dir,
-                real,
-                rel,
-            },
-            created,
-        ))
+        Ok((Resolved { fd: dir, real, rel }, created))
     }
 
     /// Creates (if missing) an empty regular file below the root, parents included. Returns it
     /// and what this call created (outermost first).
-    pub fn create_file(&self, what: &str, path: &Path, mode: u32) -> Result<(Resolved, Vec<PathBuf>)> {
+    pub fn create_file(
+        &self,
+        what: &str,
+        path: &Path,
+        mode: u32,
+    ) -> Result<(Resolved, Vec<PathBuf>)> {
         let rel = self.rel_of(what, path)?.to_path_buf();
         let (name, parent) = match (rel.file_name(), path.parent()) {
             (Some(n), Some(p)) => (n.to_os_string(), p.to_path_buf()),
@@ -282,8 +283,13 @@ impl Root {
             }
         };
         let (dir, mut created) = self.mkdir_all(what, &parent, 0o755)?;
-        let dirfd = open_beneath(self.fd()?, &dir.rel, libc::O_PATH | libc::O_DIRECTORY, 0)
-            .map_err(|e| resolve_error(what, path, &self.path, e))?;
+        let dirfd = open_beneath(
+            self.fd()?.as_raw_fd(),
+            &dir.rel,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|e| resolve_error(what, path, &self.path, e))?;
         let c = cstr(Path::new(&name))
             .map_err(|e| AgentError::invalid_argument(format!("{what}: {e}")))?;
         // SAFETY: openat relative to a descriptor we own; O_NOFOLLOW refuses a symlink.

@@ -97,7 +97,12 @@ fn chmod_fd(fd: &OwnedFd, mode: u32, shown: &Path) -> Result<()> {
     Ok(())
 }
 
-fn rename_into_place(dir: &OwnedFd, tmp: &std::ffi::OsStr, name: &std::ffi::OsStr, shown: &Path) -> Result<()> {
+fn rename_into_place(
+    dir: &OwnedFd,
+    tmp: &std::ffi::OsStr,
+    name: &std::ffi::OsStr,
+    shown: &Path,
+) -> Result<()> {
     if existing(dir, name) == Some(libc::S_IFDIR) {
         remove_entry(dir, name, shown)?;
     }
@@ -114,11 +119,7 @@ pub fn copy_file(shared: &Path, req: &CopyFileRequest) -> Result<()> {
     let path = clean_absolute("path", &req.path)?;
     let root = Root::new(shared);
     let rel = root.relative(&path).ok_or_else(|| {
-        AgentError::invalid_argument(format!(
-            "path {} is outside {}",
-            req.path,
-            shared.display()
-        ))
+        AgentError::invalid_argument(format!("path {} is outside {}", req.path, shared.display()))
     })?;
     if rel.as_os_str().is_empty() {
         return Err(AgentError::invalid_argument(format!(
@@ -133,7 +134,10 @@ pub fn copy_file(shared: &Path, req: &CopyFileRequest) -> Result<()> {
         )));
     }
     let kind = kind_of(req.file_mode)?;
-    let name = path.file_name().expect("non-empty relative part").to_os_string();
+    let name = path
+        .file_name()
+        .expect("non-empty relative part")
+        .to_os_string();
     if name.as_bytes().starts_with(b".") && name.as_bytes().ends_with(b".kata-copy.tmp") {
         return Err(AgentError::invalid_argument(format!(
             "path {} uses the agent's temporary file names",
@@ -168,7 +172,12 @@ pub fn copy_file(shared: &Path, req: &CopyFileRequest) -> Result<()> {
     }
 }
 
-fn copy_dir(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &Path, req: &CopyFileRequest) -> Result<()> {
+fn copy_dir(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    shown: &Path,
+    req: &CopyFileRequest,
+) -> Result<()> {
     match existing(dir, name) {
         Some(libc::S_IFDIR) => {}
         Some(_) => remove_entry(dir, name, shown)?,
@@ -199,7 +208,12 @@ fn copy_dir(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &Path, req: &CopyFileR
     chown_fd(&fd, req.uid, req.gid, shown)
 }
 
-fn copy_symlink(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &Path, req: &CopyFileRequest) -> Result<()> {
+fn copy_symlink(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    shown: &Path,
+    req: &CopyFileRequest,
+) -> Result<()> {
     let tmp = temp_name(name);
     let _ = remove_entry(dir, &tmp, shown);
     let target = CString::new(req.data.clone())
@@ -231,7 +245,12 @@ fn copy_symlink(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &Path, req: &CopyF
     done
 }
 
-fn copy_regular(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &Path, req: &CopyFileRequest) -> Result<()> {
+fn copy_regular(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    shown: &Path,
+    req: &CopyFileRequest,
+) -> Result<()> {
     let tmp = temp_name(name);
     let ct = c(&tmp)?;
     let mut flags = libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
@@ -272,10 +291,19 @@ fn copy_regular(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &Path, req: &CopyF
     };
     use std::os::unix::fs::FileExt;
     file.write_all_at(&req.data, req.offset as u64)
-        .map_err(|e| abandon(AgentError::internal(format!("cannot write {}: {e}", shown.display()))))?;
+        .map_err(|e| {
+            abandon(AgentError::internal(format!(
+                "cannot write {}: {e}",
+                shown.display()
+            )))
+        })?;
     let size = file
         .metadata()
-        .map_err(|e| abandon(AgentError::internal(format!("cannot stat the temporary file: {e}"))))?
+        .map_err(|e| {
+            abandon(AgentError::internal(format!(
+                "cannot stat the temporary file: {e}"
+            )))
+        })?
         .len();
     if size > req.file_size as u64 {
         return Err(abandon(AgentError::invalid_argument(format!(
@@ -322,7 +350,11 @@ mod tests {
         assert_eq!(std::fs::read(&f).unwrap(), b"abcdef");
         assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o7777, 0o640);
         assert_eq!(
-            std::fs::metadata(shared.join("c1")).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(shared.join("c1"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o750
         );
         let l = shared.join("c1/link");
@@ -336,7 +368,8 @@ mod tests {
         copy_file(&shared, &req(&g, 0o100644, 10, 0, b"ab")).unwrap();
         assert!(copy_file(&shared, &req(&g, 0o100644, 10, 5, b"x")).is_err());
         // Too much data is refused.
-        let e = copy_file(&shared, &req(&shared.join("c1/big"), 0o100644, 1, 0, b"ab")).unwrap_err();
+        let e =
+            copy_file(&shared, &req(&shared.join("c1/big"), 0o100644, 1, 0, b"ab")).unwrap_err();
         assert_eq!(e.code, ttrpc::Code::INVALID_ARGUMENT);
     }
 

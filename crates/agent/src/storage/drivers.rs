@@ -196,11 +196,23 @@ fn req_real(root: &Root, path: &Path) -> PathBuf {
 
 fn mkfs_ext4(dev: &Path) -> Result<()> {
     let tool = find_tool("mkfs.ext4").ok_or_else(|| {
-        AgentError::failed_precondition("cannot create an ext4 file system: mkfs.ext4 is not installed in the guest")
+        AgentError::failed_precondition(
+            "cannot create an ext4 file system: mkfs.ext4 is not installed in the guest",
+        )
     })?;
     let mut cmd = Command::new(tool);
-    cmd.args(["-F", "-O", "^has_journal", "-m", "0", "-i", "163840", "-I", "128"])
-        .arg(dev);
+    cmd.args([
+        "-F",
+        "-O",
+        "^has_journal",
+        "-m",
+        "0",
+        "-i",
+        "163840",
+        "-I",
+        "128",
+    ])
+    .arg(dev);
     let out = engine::reaper::run_command(&mut cmd, None, Some(MKFS_TIMEOUT))
         .map_err(|e| AgentError::internal(format!("cannot run mkfs.ext4: {e}")))?;
     if out.timed_out || out.code != 0 {
@@ -255,7 +267,8 @@ fn common_mount(
     };
     if let Some(existing) = mount_at(&target.real) {
         let tag_is_shared = matches!(&source, Source::Tag(t) if t == KATA_SHARED);
-        let same = existing.fstype == fstype || (fstype == "bind" || opts.flags.contains(MsFlags::MS_BIND));
+        let same = existing.fstype == fstype
+            || (fstype == "bind" || opts.flags.contains(MsFlags::MS_BIND));
         if tag_is_shared || (same && !opts.flags.contains(MsFlags::MS_REMOUNT)) {
             info!(subsystem = "storage", mount_point = %target.real.display(), "already mounted; nothing to do");
             return Ok(cleanup);
@@ -292,13 +305,19 @@ fn common_mount(
                 if first.flags.contains(MsFlags::MS_BIND) {
                     flags |= MsFlags::MS_BIND;
                 }
-                nix::mount::mount(None::<&str>, &fd_path(&top.fd), None::<&str>, flags, None::<&str>)
-                    .map_err(|e| {
-                        AgentError::internal(format!(
-                            "cannot remount {} read-only: {e}",
-                            target.real.display()
-                        ))
-                    })?;
+                nix::mount::mount(
+                    None::<&str>,
+                    &fd_path(&top.fd),
+                    None::<&str>,
+                    flags,
+                    None::<&str>,
+                )
+                .map_err(|e| {
+                    AgentError::internal(format!(
+                        "cannot remount {} read-only: {e}",
+                        target.real.display()
+                    ))
+                })?;
             }
         }
         Ok(())
@@ -437,7 +456,9 @@ fn ephemeral(root: &Root, req: &Request, sysfs: &Path) -> Result<Cleanup> {
     }
     let fsgid = match kv.get("fsgid") {
         Some(g) => Some(g.parse::<u32>().map_err(|_| {
-            AgentError::invalid_argument(format!("invalid fsgid {g:?} in ephemeral storage options"))
+            AgentError::invalid_argument(format!(
+                "invalid fsgid {g:?} in ephemeral storage options"
+            ))
         })?),
         None => None,
     };
@@ -483,10 +504,14 @@ fn chgrp_setgid(path: &Path, gid: u32, mode: Option<u32>) -> Result<()> {
 fn reserve_hugepages(sysfs: &Path, kv: &std::collections::BTreeMap<String, String>) -> Result<()> {
     let num = |key: &str| -> Result<u64> {
         let v = kv.get(key).ok_or_else(|| {
-            AgentError::invalid_argument(format!("a hugetlbfs storage needs the option {key}=<bytes>"))
+            AgentError::invalid_argument(format!(
+                "a hugetlbfs storage needs the option {key}=<bytes>"
+            ))
         })?;
         v.parse::<u64>().map_err(|_| {
-            AgentError::invalid_argument(format!("invalid {key} {v:?} for hugetlbfs (decimal bytes)"))
+            AgentError::invalid_argument(format!(
+                "invalid {key} {v:?} for hugetlbfs (decimal bytes)"
+            ))
         })
     };
     let pagesize = num("pagesize")?;
@@ -515,9 +540,10 @@ fn reserve_hugepages(sysfs: &Path, kv: &std::collections::BTreeMap<String, Strin
         .map_err(|e| AgentError::internal(format!("cannot write {}: {e}", file.display())))?;
     let got = read()?;
     if got < pages {
-        return Err(AgentError::new(ttrpc::Code::RESOURCE_EXHAUSTED, format!(
-            "only {got} of {pages} hugepages of {pagesize} bytes could be allocated"
-        )));
+        return Err(AgentError::new(
+            ttrpc::Code::RESOURCE_EXHAUSTED,
+            format!("only {got} of {pages} hugepages of {pagesize} bytes could be allocated"),
+        ));
     }
     Ok(())
 }
@@ -527,7 +553,9 @@ fn local(root: &Root, req: &Request) -> Result<Cleanup> {
     let kv = options::key_values(&req.options);
     let mode = match kv.get("mode") {
         Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
-            AgentError::invalid_argument(format!("invalid mode {m:?} in local storage options (octal)"))
+            AgentError::invalid_argument(format!(
+                "invalid mode {m:?} in local storage options (octal)"
+            ))
         })?),
         None => None,
     };
@@ -548,7 +576,12 @@ fn local(root: &Root, req: &Request) -> Result<Cleanup> {
         match (fsgid, mode) {
             (Some(gid), m) => chgrp_setgid(&p, gid, m)?,
             (None, Some(m)) => std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m))
-                .map_err(|e| AgentError::internal(format!("cannot set the mode of {}: {e}", req.mount_point.display())))?,
+                .map_err(|e| {
+                    AgentError::internal(format!(
+                        "cannot set the mode of {}: {e}",
+                        req.mount_point.display()
+                    ))
+                })?,
             (None, None) => {}
         }
         Ok(())

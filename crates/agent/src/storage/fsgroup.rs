@@ -59,7 +59,10 @@ fn walk(path: &Path, gid: u32, bits: u32, depth: u32) -> Result<()> {
         return Ok(());
     }
     std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|e| {
-        AgentError::internal(format!("cannot change the group of {}: {e}", path.display()))
+        AgentError::internal(format!(
+            "cannot change the group of {}: {e}",
+            path.display()
+        ))
     })?;
     let mut mode = meta.mode() & 0o7777 | bits;
     if meta.is_dir() {

@@ -240,7 +240,12 @@ impl Storages {
 
     /// Processes a list of storages for `owner`. Returns the mount points it referenced (in
     /// order), for [`Storages::rollback`]. On failure nothing of this call remains.
-    pub async fn add(&self, ctx: &AddContext<'_>, owner: &Owner, list: &[Storage]) -> Result<Vec<PathBuf>> {
+    pub async fn add(
+        &self,
+        ctx: &AddContext<'_>,
+        owner: &Owner,
+        list: &[Storage],
+    ) -> Result<Vec<PathBuf>> {
         let requests = self.check(list)?;
         let cid = match owner {
             Owner::Container(c) => Some(c.as_str()),
@@ -257,7 +262,10 @@ impl Storages {
         let mut entries = self.entries.lock().await;
         let mut added = Vec::new();
         for req in requests {
-            if let Some(e) = entries.iter_mut().find(|e| e.mount_point == req.mount_point) {
+            if let Some(e) = entries
+                .iter_mut()
+                .find(|e| e.mount_point == req.mount_point)
+            {
                 e.refs.push(owner.clone());
                 added.push(req.mount_point.clone());
                 continue;
@@ -338,13 +346,12 @@ impl Storages {
     pub async fn release_gone_containers(&self, alive: &[String]) {
         let owners: Vec<Owner> = {
             let entries = self.entries.lock().await;
-            let mut v: Vec<Owner> = entries
+            let set: std::collections::HashSet<Owner> = entries
                 .iter()
                 .flat_map(|e| e.refs.iter().cloned())
                 .filter(|o| matches!(o, Owner::Container(c) if !alive.contains(c)))
                 .collect();
-            v.dedup();
-            v
+            set.into_iter().collect()
         };
         for o in owners {
             self.release(&o).await;

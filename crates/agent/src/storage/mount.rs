@@ -121,23 +121,35 @@ pub fn mount_on(
         };
         if remount_bind {
             let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | (base & per_mount);
-            nix::mount::mount(None::<&str>, &fd_path(&top.fd), None::<&str>, flags, None::<&str>)
-                .map_err(|e| {
-                    undo(AgentError::internal(format!(
-                        "cannot apply the flags of the bind mount on {}: {e}",
-                        target.real.display()
-                    )))
-                })?;
+            nix::mount::mount(
+                None::<&str>,
+                &fd_path(&top.fd),
+                None::<&str>,
+                flags,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                undo(AgentError::internal(format!(
+                    "cannot apply the flags of the bind mount on {}: {e}",
+                    target.real.display()
+                )))
+            })?;
         }
         if !prop.is_empty() {
             let flags = prop | (opts.flags & MsFlags::MS_REC);
-            nix::mount::mount(None::<&str>, &fd_path(&top.fd), None::<&str>, flags, None::<&str>)
-                .map_err(|e| {
-                    undo(AgentError::internal(format!(
-                        "cannot set the propagation of {}: {e}",
-                        target.real.display()
-                    )))
-                })?;
+            nix::mount::mount(
+                None::<&str>,
+                &fd_path(&top.fd),
+                None::<&str>,
+                flags,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                undo(AgentError::internal(format!(
+                    "cannot set the propagation of {}: {e}",
+                    target.real.display()
+                )))
+            })?;
         }
     }
     Ok(())
@@ -185,7 +197,8 @@ mod tests {
 
     #[test]
     fn mountinfo_lines() {
-        let t = "36 35 98:0 /mnt1 /mnt\\0402 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
+        let t =
+            "36 35 98:0 /mnt1 /mnt\\0402 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
                  37 35 0:5 / /run/x rw - tmpfs tmp\\040fs rw\n";
         let m = parse_mountinfo(t);
         assert_eq!(m.len(), 2);

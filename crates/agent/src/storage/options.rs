@@ -18,10 +18,7 @@ const SET: &[(&str, MsFlags)] = &[
     ("noexec", MsFlags::MS_NOEXEC),
     ("nosuid", MsFlags::MS_NOSUID),
     ("unbindable", MsFlags::MS_UNBINDABLE),
-    (
-        "runbindable",
-        MsFlags::MS_UNBINDABLE.union(MsFlags::MS_REC),
-    ),
+    ("runbindable", MsFlags::MS_UNBINDABLE.union(MsFlags::MS_REC)),
     ("private", MsFlags::MS_PRIVATE),
     ("rprivate", MsFlags::MS_PRIVATE.union(MsFlags::MS_REC)),
     ("shared", MsFlags::MS_SHARED),

@@ -102,7 +102,8 @@ fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> AgentError {
 fn collect(src: &OwnedFd, is_dir: bool) -> std::result::Result<Vec<Item>, ScanError> {
     let mut items = Vec::new();
     let mut size = 0u64;
-    let meta = std::fs::metadata(fd_path(src)).map_err(|e| io_err("stat", Path::new("source"), e))?;
+    let meta =
+        std::fs::metadata(fd_path(src)).map_err(|e| io_err("stat", Path::new("source"), e))?;
     let root_item = Item {
         rel: PathBuf::new(),
         kind: if is_dir { Kind::Dir } else { Kind::File },
@@ -121,13 +122,8 @@ fn collect(src: &OwnedFd, is_dir: bool) -> std::result::Result<Vec<Item>, ScanEr
     items.push(root_item);
     let mut stack = vec![PathBuf::new()];
     while let Some(dir) = stack.pop() {
-        let fd = open_no_symlinks(
-            src.as_raw_fd(),
-            &dir,
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )
-        .map_err(|e| io_err("open", &dir, e))?;
+        let fd = open_no_symlinks(src.as_raw_fd(), &dir, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .map_err(|e| io_err("open", &dir, e))?;
         let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(fd_path(&fd))
             .map_err(|e| io_err("list", &dir, e))?
             .flatten()
@@ -161,7 +157,9 @@ fn collect(src: &OwnedFd, is_dir: bool) -> std::result::Result<Vec<Item>, ScanEr
                 mtime: (st.st_mtime, st.st_mtime_nsec),
             });
             if items.len() > MAX_ENTRIES {
-                return Err(ScanError::TooBig(format!("more than {MAX_ENTRIES} entries")));
+                return Err(ScanError::TooBig(format!(
+                    "more than {MAX_ENTRIES} entries"
+                )));
             }
             if size > MAX_SIZE {
                 return Err(ScanError::TooBig(format!("more than {MAX_SIZE} bytes")));
@@ -259,7 +257,8 @@ impl Watched {
                     .map_err(|e| io_err("read link", &item.rel, e))?;
                     let tmp = temp_name(&dst);
                     let _ = std::fs::remove_file(&tmp);
-                    std::os::unix::fs::symlink(&link, &tmp).map_err(|e| io_err("create", &tmp, e))?;
+                    std::os::unix::fs::symlink(&link, &tmp)
+                        .map_err(|e| io_err("create", &tmp, e))?;
                     set_owner_mode(&tmp, item, false)?;
                     replace(&tmp, &dst)?;
                 }
@@ -271,7 +270,13 @@ impl Watched {
     }
 
     /// Too much to copy: bind-mount the source on the target instead.
-    fn bind_instead(&mut self, src: &OwnedFd, target: &Path, is_dir: bool, why: &str) -> Result<()> {
+    fn bind_instead(
+        &mut self,
+        src: &OwnedFd,
+        target: &Path,
+        is_dir: bool,
+        why: &str,
+    ) -> Result<()> {
         info!(subsystem = "watcher", source = %self.source.display(), reason = why, "source too big to copy; bind-mounting it");
         if std::fs::symlink_metadata(target).is_ok() {
             let _ = if target.is_dir() && !is_dir {
@@ -399,11 +404,7 @@ impl BindWatcher {
             Some(_) => {}
             None => self.start(&mut st, root, parent)?,
         }
-        if st
-            .entries
-            .iter()
-            .any(|w| w.name == name)
-        {
+        if st.entries.iter().any(|w| w.name == name) {
             return Err(AgentError::already_exists(format!(
                 "{} is already being watched",
                 target.display()

@@ -30,9 +30,10 @@ const DEFAULT_ALLOWED: &[(char, Option<i64>, Option<i64>, &str)] = &[
 /// major and minor, access absent or containing r, w and m).
 pub(crate) fn is_wildcard_all(rule: &LinuxDeviceCgroup) -> bool {
     let any_num = |n: Option<i64>| n.is_none_or(|n| n <= 0);
-    let full_access = rule.access().as_deref().is_none_or(|a| {
-        a.is_empty() || (a.contains('r') && a.contains('w') && a.contains('m'))
-    });
+    let full_access = rule
+        .access()
+        .as_deref()
+        .is_none_or(|a| a.is_empty() || (a.contains('r') && a.contains('w') && a.contains('m')));
     matches!(rule.typ(), None | Some(LinuxDeviceType::A))
         && any_num(rule.major())
         && any_num(rule.minor())

@@ -49,6 +49,13 @@ text() {
     for n in $nums; do printf "\\$(printf '%03o' "$n")"; done
 }
 step() { printf '\n== %s\n' "$*"; }
+# Reads a process's stdout until EOF (a read answering empty data).
+read_to_eof() {
+    local out
+    while out=$(ctl "ReadStdout cid=$1 exec_id=$2 len=65536") && [[ "$out" == *'"data":['[0-9]* ]]; do
+        printf '%s\n' "$out" | text
+    done
+}
 
 step "health check, version and guest details"
 ctl Check Version GetGuestDetails
@@ -64,11 +71,12 @@ ctl "ReadStdout id=demo1 len=4096" | text
 
 step "exec into the running container"
 ctl "ExecProcess cid=demo1 exec_id=ps1 args='sh -c \"ps; echo I am \$(id -un) on \$(hostname)\"'"
-ctl "ReadStdout cid=demo1 exec_id=ps1 len=65536" | text
+read_to_eof demo1 ps1
 ctl "WaitProcess cid=demo1 exec_id=ps1"
 
 step "stats, then SIGTERM and the exit status (sleep, as pid 1, has no SIGTERM handler: the agent sends SIGKILL, 137)"
-ctl "StatsContainer id=demo1" | head -c 300; echo " ..."
+stats=$(ctl "StatsContainer id=demo1")
+echo "${stats:0:300} ..."
 ctl "SignalProcess id=demo1 signal=SIGTERM" "WaitProcess id=demo1"
 
 step "tear down"

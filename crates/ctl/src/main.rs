@@ -120,6 +120,10 @@ Inside a command, use 'list' for all command names.
 "#;
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of our output goes away
+    // (`kata-agent-ctl ... | head`) instead of panicking on a failed print.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let verbose = match cli.log_level.to_ascii_lowercase().as_str() {
         "trace" | "debug" => true,

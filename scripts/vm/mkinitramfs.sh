@@ -36,8 +36,8 @@ fi
 version=$(cat "$kroot/version")
 
 # virtio transport, vsock (the agent's API), block and network devices (hot-plug scenarios), 9p
-# and virtio-fs (shared directories), overlay (container rootfs layers).
-modules=(virtio_pci vmw_vsock_virtio_transport virtio_blk virtio_net 9pnet_virtio 9p overlay virtiofs)
+# and virtio-fs (shared directories), overlay (container rootfs layers), ext4 (block storages).
+modules=(virtio_pci vmw_vsock_virtio_transport virtio_blk virtio_net 9pnet_virtio 9p overlay virtiofs ext4)
 
 stage=$(mktemp -d "${TMPDIR:-/tmp}/kata-initramfs.XXXXXX")
 trap 'rm -rf "$stage"' EXIT

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and caches what the VM harness needs (run as root on Debian; idempotent, quick once done):
-#   * Debian packages: qemu-system-x86, cpio, kmod, busybox-static;
+#   * Debian packages: qemu-system-x86, cpio, kmod, busybox-static, e2fsprogs (test disk images);
 #   * a Debian kernel (vmlinuz + modules), unpacked under $KATA_VM_CACHE/kernel/<version>/;
 #   * vhost-device-vsock from crates.io (hybrid vsock for QEMU), under $KATA_VM_CACHE/cargo/bin/.
 # The cache defaults to build/vm (gitignored). Prints nothing but progress; exits non-zero with a
@@ -34,7 +34,7 @@ apt_update() {
 }
 
 # --- Debian packages -------------------------------------------------------------------------
-packages=(qemu-system-x86 cpio kmod busybox-static)
+packages=(qemu-system-x86 cpio kmod busybox-static e2fsprogs)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

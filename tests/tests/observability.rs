@@ -200,6 +200,7 @@ fn listener_console_gives_one_shell_per_connection() {
     }
 
     // The host hangs up: that session's shell is killed (and reaped), the other one lives on.
+    a.shutdown(std::net::Shutdown::Both).unwrap();
     drop(a);
     wait_until("the hung-up session's shell to be gone", || {
         !pid_alive(pid_a)
@@ -495,7 +496,7 @@ fn parse_prometheus(text: &str) -> Vec<(String, Family)> {
         let mut rest = rest;
         if let Some(body) = rest.strip_prefix('{') {
             let mut chars = body.char_indices().peekable();
-            let mut end = None;
+            let end;
             let mut previous: Option<String> = None;
             loop {
                 let start = chars.peek().expect("label or }").0;
@@ -570,7 +571,7 @@ fn items(families: &[(String, Family)], name: &str) -> Vec<String> {
         .collect()
 }
 
-fn container_spec(cid: &str, cgroup: &str) -> oci::Spec {
+fn container_spec(cgroup: &str) -> oci::Spec {
     let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut p = oci::Process::new();
     p.Args = strs(&[
@@ -588,7 +589,6 @@ fn container_spec(cid: &str, cgroup: &str) -> oci::Spec {
     root.Path = rootfs().canonicalize().unwrap().display().to_string();
     root.Readonly = true;
     s.Root = MessageField::some(root);
-    s.Hostname = cid.into();
     let mount = |dest: &str, typ: &str| {
         let mut m = oci::Mount::new();
         m.destination = dest.into();
@@ -686,8 +686,7 @@ fn metrics_are_valid_prometheus_text_with_every_family() {
             .filter(|s| s.labels["item"] == "user")
             .map(|s| s.labels["cpu"].as_str())
             .collect();
-        assert_eq!(cpus[0], "total");
-        assert!(cpus.len() >= 2);
+        assert!(cpus.contains(&"total") && cpus.contains(&"0"), "{cpus:?}");
         assert!(
             value(
                 &first,
@@ -704,7 +703,7 @@ fn metrics_are_valid_prometheus_text_with_every_family() {
         // A running container adds its cgroup metrics.
         let mut req = agent::CreateContainerRequest::new();
         req.container_id = cid.into();
-        req.OCI = MessageField::some(container_spec(cid, &cgroup));
+        req.OCI = MessageField::some(container_spec(&cgroup));
         c.create_container(ctx(), &req)
             .await
             .unwrap_or_else(|e| panic!("{e:?}\n{}", agent.log()));
@@ -787,14 +786,10 @@ fn devmode_enables_core_dumps_and_debug_logs() {
         core_limits(dev.pid()),
         ("unlimited".to_string(), "unlimited".to_string())
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", dev.pid())).unwrap();
-    assert!(status.contains("State:"));
-    wait_until("a debug record", || {
-        dev.log().contains("\"level\":\"DEBG\"")
-    });
     let announce = json_lines(&dev.log())
         .into_iter()
         .find(|l| l.contains("\"msg\":\"announce\""))
         .expect("announce");
     assert!(announce.contains("dev_mode: true"), "{announce}");
+    assert!(announce.contains("log_level: Debug"), "{announce}");
 }

@@ -23,13 +23,22 @@ use protocols::health::{health_check_response::ServingStatus, CheckRequest};
 use serde_json::{json, Value};
 use vmtest::{Assets, Vm, VmConfig, DEFAULT_SHARE_AT};
 
+/// Prints to the real stderr, past the test harness's output capture: skips, boot times and
+/// scenario durations show in CI logs.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Upper bound for a boot under TCG on a loaded 2-CPU machine (it usually takes ~10 s).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The prepared assets, or `None` when the VM tests are skipped. Panics with what is missing.
 fn assets() -> Option<Assets> {
     if vmtest::skip_requested() {
-        eprintln!("VM test skipped: {}=1", vmtest::SKIP_ENV);
+        note!("VM test skipped: {}=1", vmtest::SKIP_ENV);
         return None;
     }
     static ASSETS: OnceLock<Result<Assets, String>> = OnceLock::new();
@@ -130,7 +139,7 @@ fn boot(
     let boot = rt
         .block_on(vm.wait_ready(BOOT_TIMEOUT))
         .unwrap_or_else(|e| panic!("{e:#}"));
-    eprintln!(
+    note!(
         "VM {name}: boot-to-first-Check {:.2} s ({:?})",
         boot.as_secs_f64(),
         vm.accel
@@ -307,17 +316,15 @@ fn core_limit(limits: &str) -> (String, String) {
 
 /// DestroySandbox, then the guest must power off by itself: QEMU exits with status 0, the
 /// console shows the power-down and no kernel panic (the agent, as PID 1, must not just exit).
-async fn destroy_and_expect_poweroff(guest: &mut Guest) {
-    guest
-        .client
+async fn destroy_and_expect_poweroff(vm: &mut Vm, client: &AgentServiceClient) {
+    client
         .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
         .await
         .unwrap_or_else(|e| panic!("DestroySandbox: {e:?}"));
-    let status = guest
-        .vm
+    let status = vm
         .wait_exit(Duration::from_secs(120))
-        .unwrap_or_else(|| panic!("the guest did not power off:\n{}", guest.vm.diagnostics()));
-    let console = guest.vm.console_log();
+        .unwrap_or_else(|| panic!("the guest did not power off:\n{}", vm.diagnostics()));
+    let console = vm.console_log();
     assert!(status.success(), "QEMU {status}:\n{console}");
     assert!(
         console.contains("reboot: Power down"),
@@ -429,7 +436,7 @@ fn vm_init_api_containers_cgroup_v1() {
         // Reaping: the orphan /init left behind is now a child of PID 1; once it exits the
         // agent must reap it (a zombie would keep its /proc entry, in state Z).
         let find_orphan = "for d in /guestproc/[0-9]*; do \
-             if grep -q vmtest-orphan $d/cmdline 2>/dev/null; then \
+             if grep -q 'vmtest-orpha[n]' $d/cmdline 2>/dev/null; then \
                echo $(cut -d' ' -f3,4 $d/stat); fi; done";
         let found = sh(&c, "probe", find_orphan).await;
         let orphans: Vec<&str> = found.lines().collect();
@@ -560,9 +567,9 @@ fn vm_init_api_containers_cgroup_v1() {
         assert_eq!(zombies.trim(), "", "zombies in the guest");
 
         stop_and_remove(&c, "probe").await;
-        destroy_and_expect_poweroff(&mut guest).await;
+        destroy_and_expect_poweroff(&mut guest.vm, &c).await;
     });
-    eprintln!(
+    note!(
         "VM v1: boot {:.2} s, whole scenario group {:.1} s",
         guest.boot.as_secs_f64(),
         started.elapsed().as_secs_f64()
@@ -646,12 +653,463 @@ fn vm_cgroup_v2_and_devmode() {
             .unwrap_or(0);
         assert!(oom_kills >= 1, "{events}");
         remove(&c, "hog").await;
-        stop_and_remove(&c, "probe").await;
-        destroy_and_expect_poweroff(&mut guest).await;
+        // Removing a running container kills it.
+        remove(&c, "probe").await;
+        destroy_and_expect_poweroff(&mut guest.vm, &c).await;
     });
-    eprintln!(
+    note!(
         "VM v2: boot {:.2} s, whole scenario group {:.1} s",
         guest.boot.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Reads from `stream` until `needle` shows up (or the deadline passes); returns all read.
+fn read_until(
+    stream: &mut std::os::unix::net::UnixStream,
+    needle: &str,
+    timeout: Duration,
+) -> String {
+    use std::io::Read;
+    let deadline = Instant::now() + timeout;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+        if text(&got).contains(needle) {
+            break;
+        }
+    }
+    text(&got)
+}
+
+/// Reads the log stream line by line until a record mentions `needle`; every line must be one
+/// JSON record with `msg` and `level`. Returns the records read.
+fn log_lines_until(
+    reader: &mut std::io::BufReader<std::os::unix::net::UnixStream>,
+    needle: &str,
+    timeout: Duration,
+) -> Vec<Value> {
+    use std::io::BufRead;
+    let deadline = Instant::now() + timeout;
+    reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut records = Vec::new();
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no log record with {needle:?} within {timeout:?}; got {records:?}"
+        );
+        // A timed-out read keeps what it got in `line`; the next call appends the rest.
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => panic!("the log stream closed; got {records:?}"),
+            Ok(_) if line.ends_with(b"\n") => {
+                let record: Value = serde_json::from_slice(&line)
+                    .unwrap_or_else(|e| panic!("not a JSON record ({e}): {}", text(&line)));
+                assert!(
+                    record["msg"].is_string() && record["level"].is_string(),
+                    "{record}"
+                );
+                let hit = text(&line).contains(needle);
+                records.push(record);
+                line.clear();
+                if hit {
+                    return records;
+                }
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading the log stream: {e}"),
+        }
+    }
+}
+
+/// The side channels: the log stream on vsock port 1025 (`agent.log_vport`), the debug console
+/// on its vport (`agent.debug_console_vport`), and trace spans exported to the host's port 10240
+/// (`agent.trace`), which arrive on `<hvsock>_10240`.
+#[test]
+fn vm_log_vport_debug_console_and_traces() {
+    let Some(assets) = assets() else { return };
+    let started = Instant::now();
+    let share = Share::new();
+    let rt = rt();
+    let cfg = VmConfig {
+        name: "obs".into(),
+        kernel_params: [
+            "agent.log=debug",
+            "agent.log_vport=1025",
+            "agent.debug_console",
+            "agent.debug_console_vport=1026",
+            "agent.trace",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        share: Some((share.path().to_path_buf(), Some(DEFAULT_SHARE_AT.into()))),
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::start(&assets, cfg).expect("start the VM");
+    // The trace collector listens before the guest boots; the agent connects on its first export.
+    let collector = vm.listen_port(10240).unwrap();
+    let spans = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut frames: Vec<Value> = Vec::new();
+        // The agent reconnects after a failed export: read every connection until power-off
+        // closes the last one (the listener is dropped with the thread).
+        collector.set_nonblocking(false).unwrap();
+        while let Ok((mut s, _)) = collector.accept() {
+            loop {
+                let mut len = [0u8; 8];
+                if s.read_exact(&mut len).is_err() {
+                    break;
+                }
+                let mut body = vec![0u8; u64::from_be_bytes(len) as usize];
+                if s.read_exact(&mut body).is_err() {
+                    break;
+                }
+                frames.push(serde_json::from_slice(&body).expect("a span is one JSON object"));
+            }
+            if frames.iter().any(|f| f["name"] == "root-span") {
+                break;
+            }
+        }
+        frames
+    });
+    let boot = rt
+        .block_on(vm.wait_ready(BOOT_TIMEOUT))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    note!("VM obs: boot-to-first-Check {:.2} s", boot.as_secs_f64());
+
+    // Log stream: JSON records from the very first one (buffered until the host connected).
+    let mut logs = std::io::BufReader::new(vm.connect_port(1025, Duration::from_secs(30)).unwrap());
+    let head = log_lines_until(&mut logs, "\"announce\"", Duration::from_secs(30));
+    assert!(
+        head.last().is_some_and(|r| r["msg"] == "announce"),
+        "no announce record in the log stream: {head:?}"
+    );
+
+    // Debug console: a root shell in the guest, outside containers.
+    let mut console = vm.connect_port(1026, Duration::from_secs(30)).unwrap();
+    {
+        use std::io::Write;
+        console
+            .write_all(b"echo vm-console-$((6*7)) $(cat /proc/1/comm)\n")
+            .unwrap();
+    }
+    let answer = read_until(
+        &mut console,
+        "vm-console-42 kata-agent",
+        Duration::from_secs(30),
+    );
+    assert!(
+        answer.contains("vm-console-42 kata-agent"),
+        "debug console answered {answer:?}"
+    );
+    {
+        use std::io::Write;
+        let _ = console.write_all(b"exit\n");
+    }
+
+    rt.block_on(async {
+        let (client, _) = vm.clients().await.unwrap();
+        create_sandbox(&client, "vm-obs").await;
+        client
+            .get_guest_details(ctx(), &GuestDetailsRequest::new())
+            .await
+            .unwrap();
+        // The RPCs are logged on the stream, one JSON record per line.
+        let more = log_lines_until(&mut logs, "get_guest_details", Duration::from_secs(30));
+        assert!(!more.is_empty());
+        destroy_and_expect_poweroff(&mut vm, &client).await;
+    });
+    let frames = spans.join().unwrap();
+    let names: Vec<&str> = frames.iter().filter_map(|f| f["name"].as_str()).collect();
+    for wanted in ["create_sandbox", "get_guest_details", "root-span"] {
+        assert!(names.contains(&wanted), "no {wanted} span among {names:?}");
+    }
+    let span = frames
+        .iter()
+        .find(|f| f["name"] == "create_sandbox")
+        .unwrap();
+    assert_eq!(span["trace_id"].as_str().unwrap().len(), 32, "{span}");
+    drop(vm);
+    note!(
+        "VM obs: whole scenario group {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Makes a small ext4 image holding `marker.txt`.
+fn ext4_image(dir: &Path, content: &[u8]) -> std::path::PathBuf {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("marker.txt"), content).unwrap();
+    let img = dir.join("disk.img");
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .arg("16M")
+        .output()
+        .expect("run mkfs.ext4 (e2fsprogs)");
+    assert!(out.status.success(), "mkfs.ext4: {}", text(&out.stderr));
+    img
+}
+
+/// Hot-plug through QMP: the sandbox share mounted by the agent's `9p` storage driver, a
+/// virtio-blk disk found by its PCI path and mounted as a `blk` storage, a missing disk failing
+/// after `agent.hotplug_timeout` (a Go duration), a NIC configured by UpdateInterface with its
+/// device path, and a CPU onlined by OnlineCPUMem with the container cpusets' parents widened.
+#[test]
+fn vm_hotplug_disk_nic_cpu() {
+    let Some(assets) = assets() else { return };
+    let started = Instant::now();
+    let share = Share::new();
+    let rt = rt();
+    let cfg = VmConfig {
+        name: "hotplug".into(),
+        kernel_params: vec!["agent.log=debug".into(), "agent.hotplug_timeout=2s".into()],
+        // No /init mount: the agent mounts the share itself (9p storage of CreateSandbox).
+        share: Some((share.path().to_path_buf(), None)),
+        cpus: 1,
+        max_cpus: 2,
+        hotplug_ports: 3,
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::start(&assets, cfg).expect("start the VM");
+    let boot = rt
+        .block_on(vm.wait_ready(BOOT_TIMEOUT))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    note!(
+        "VM hotplug: boot-to-first-Check {:.2} s",
+        boot.as_secs_f64()
+    );
+    let (disk_path, disk_bus) = {
+        let (prefix, bus) = vm.hotplug_port(0);
+        (format!("{prefix}/00"), bus)
+    };
+    let (nic_path, nic_bus) = {
+        let (prefix, bus) = vm.hotplug_port(1);
+        (format!("{prefix}/00"), bus)
+    };
+    let missing_path = format!("{}/00", vm.hotplug_port(2).0);
+    let disk_dir = tempfile::tempdir().unwrap();
+    let disk_marker = pattern(5000, 3);
+    let img = ext4_image(disk_dir.path(), &disk_marker);
+
+    rt.block_on(async {
+        let (c, _) = vm.clients().await.unwrap();
+
+        // The sandbox share, mounted by the agent's 9p storage driver.
+        let shared = "/run/kata-containers/shared/containers";
+        let mut req = CreateSandboxRequest::new();
+        req.hostname = "vmtest".into();
+        req.sandbox_id = "vm-hotplug".into();
+        let mut st = protocols::agent::Storage::new();
+        st.driver = "9p".into();
+        st.source = vmtest::SHARE_TAG.into();
+        st.fstype = "9p".into();
+        st.options = ["trans=virtio", "version=9p2000.L", "cache=mmap", "nodev"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        st.mount_point = shared.into();
+        req.storages.push(st);
+        c.create_sandbox(ctx(), &req)
+            .await
+            .unwrap_or_else(|e| panic!("CreateSandbox with a 9p storage: {e:?}"));
+        let rootfs = format!("{shared}/rootfs");
+        create_and_start(
+            &c,
+            "probe",
+            spec(&rootfs, &["sleep", "100000"], |v| {
+                with_guest_views(v);
+                v["Mounts"].as_array_mut().unwrap().push(json!({
+                    "destination": "/guestsys", "source": "/sys", "type": "bind",
+                    "options": ["rbind", "ro"]}));
+                v["Linux"]["Resources"] = json!({"CPU": {"Cpus": "0"}});
+                v["Linux"]["CgroupsPath"] = json!("/vmtest/probe");
+            }),
+        )
+        .await;
+
+        // --- virtio-blk disk hot-plugged through QMP, mounted as a blk storage by PCI path.
+        {
+            let mut qmp = vm.qmp().unwrap();
+            qmp.execute(
+                "blockdev-add",
+                json!({"driver": "raw", "node-name": "disk1",
+                       "file": {"driver": "file", "filename": img.to_str().unwrap()}}),
+            )
+            .unwrap();
+            qmp.execute(
+                "device_add",
+                json!({"driver": "virtio-blk-pci", "id": "blk1", "drive": "disk1",
+                       "bus": disk_bus, "addr": "0"}),
+            )
+            .unwrap();
+        }
+        let disk_mount = "/run/kata-containers/sandbox/storage/vmtest-disk";
+        let mut st = protocols::agent::Storage::new();
+        st.driver = "blk".into();
+        st.source = disk_path.clone();
+        st.fstype = "ext4".into();
+        st.mount_point = disk_mount.into();
+        let mut req = CreateContainerRequest::new();
+        req.container_id = "disk".into();
+        req.exec_id = "disk".into();
+        req.storages.push(st);
+        req.OCI = protobuf::MessageField::some(spec(&rootfs, &["cat", "/disk/marker.txt"], |v| {
+            v["Mounts"].as_array_mut().unwrap().push(json!({
+                    "destination": "/disk", "source": disk_mount, "type": "bind",
+                    "options": ["rbind", "ro"]}));
+        }));
+        c.create_container(ctx(), &req)
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer with the hot-plugged disk: {e:?}"));
+        let mut sreq = StartContainerRequest::new();
+        sreq.container_id = "disk".into();
+        c.start_container(ctx(), &sreq).await.unwrap();
+        let out = read_all(&c, "disk", "disk", false).await;
+        assert_eq!(wait(&c, "disk", "disk").await, 0);
+        assert!(
+            out == disk_marker,
+            "the disk's file read in the container differs"
+        );
+        remove(&c, "disk").await;
+
+        // A disk that never arrives: DEADLINE_EXCEEDED after agent.hotplug_timeout=2s.
+        let mut st = protocols::agent::Storage::new();
+        st.driver = "blk".into();
+        st.source = missing_path.clone();
+        st.fstype = "ext4".into();
+        st.mount_point = "/run/kata-containers/sandbox/storage/vmtest-missing".into();
+        let mut req = CreateContainerRequest::new();
+        req.container_id = "missing".into();
+        req.exec_id = "missing".into();
+        req.storages.push(st);
+        req.OCI = protobuf::MessageField::some(spec(&rootfs, &["true"], |_| {}));
+        match c.create_container(ctx(), &req).await {
+            Err(ttrpc::Error::RpcStatus(s)) => {
+                assert_eq!(s.code(), ttrpc::Code::DEADLINE_EXCEEDED, "{}", s.message());
+                assert!(s.message().contains("hotplug_timeout"), "{}", s.message());
+            }
+            other => panic!("a missing disk must fail: {other:?}"),
+        }
+
+        // --- NIC hot-plugged (on an internal hub: no traffic leaves QEMU), configured by
+        // UpdateInterface with its PCI path.
+        let mac = "52:54:00:4b:41:01";
+        {
+            let mut qmp = vm.qmp().unwrap();
+            qmp.execute(
+                "netdev_add",
+                json!({"type": "hubport", "id": "net1", "hubid": 0}),
+            )
+            .unwrap();
+            qmp.execute(
+                "device_add",
+                json!({"driver": "virtio-net-pci", "id": "nic1", "netdev": "net1",
+                       "mac": mac, "bus": nic_bus, "addr": "0", "romfile": ""}),
+            )
+            .unwrap();
+        }
+        let mut iface = protocols::types::Interface::new();
+        iface.name = "eth1".into();
+        iface.hwAddr = mac.into();
+        iface.devicePath = nic_path.clone();
+        iface.mtu = 1400;
+        let mut ip = protocols::types::IPAddress::new();
+        ip.address = "10.213.0.2".into();
+        ip.mask = "24".into();
+        iface.IPAddresses.push(ip);
+        let mut req = protocols::agent::UpdateInterfaceRequest::new();
+        req.interface = protobuf::MessageField::some(iface);
+        let updated = c
+            .update_interface(ctx(), &req)
+            .await
+            .unwrap_or_else(|e| panic!("UpdateInterface: {e:?}"));
+        assert_eq!(updated.name, "eth1");
+        let list = c
+            .list_interfaces(ctx(), &protocols::agent::ListInterfacesRequest::new())
+            .await
+            .unwrap();
+        let eth1 = list
+            .Interfaces
+            .iter()
+            .find(|i| i.hwAddr.eq_ignore_ascii_case(mac))
+            .unwrap_or_else(|| panic!("no NIC with {mac}: {:?}", list.Interfaces));
+        assert_eq!(eth1.name, "eth1");
+        assert_eq!(eth1.mtu, 1400);
+        assert!(
+            eth1.IPAddresses
+                .iter()
+                .any(|a| a.address == "10.213.0.2" && a.mask == "24"),
+            "{:?}",
+            eth1.IPAddresses
+        );
+
+        // --- CPU hot-plug through QMP, onlined by OnlineCPUMem.
+        {
+            let mut qmp = vm.qmp().unwrap();
+            let cpus = qmp.execute("query-hotpluggable-cpus", json!({})).unwrap();
+            let free = cpus
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c.get("qom-path").is_none())
+                .expect("a free CPU slot")
+                .clone();
+            let mut args = free["props"].clone();
+            args["driver"] = free["type"].clone();
+            args["id"] = json!("cpu1");
+            qmp.execute("device_add", args).unwrap();
+        }
+        let mut req = protocols::agent::OnlineCPUMemRequest::new();
+        req.wait = true;
+        req.nb_cpus = 2;
+        req.cpu_only = true;
+        c.online_cpu_mem(ctx(), &req)
+            .await
+            .unwrap_or_else(|e| panic!("OnlineCPUMem: {e:?}"));
+        let online = sh(&c, "probe", "cat /guestsys/devices/system/cpu/online").await;
+        assert_eq!(online.trim(), "0-1");
+        // The container's parents are widened to every online CPU; its own set stays "0".
+        let parent = sh(&c, "probe", "cat /guestcgroup/cpuset/vmtest/cpuset.cpus").await;
+        assert_eq!(parent.trim(), "0-1");
+        let own = sh(
+            &c,
+            "probe",
+            "cat /guestcgroup/cpuset/vmtest/probe/cpuset.cpus",
+        )
+        .await;
+        assert_eq!(own.trim(), "0");
+
+        stop_and_remove(&c, "probe").await;
+        destroy_and_expect_poweroff(&mut vm, &c).await;
+    });
+    drop(vm);
+    note!(
+        "VM hotplug: whole scenario group {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

@@ -1253,6 +1253,34 @@ mod tests {
     }
 
     #[test]
+    fn env_side_channel_addresses() {
+        let env = [
+            ("KATA_AGENT_LOG_ADDR", "unix:///tmp/log.sock"),
+            ("KATA_AGENT_DEBUG_CONSOLE_ADDR", "vsock://-1:2026"),
+            ("KATA_AGENT_TRACE_ADDR", "http://10.0.0.1:4318"),
+        ];
+        let c = load_with(&[], Some("agent.log_vport=1025"), &env, &[])
+            .unwrap()
+            .0;
+        assert_eq!(c.log_addr.as_deref(), Some("unix:///tmp/log.sock"));
+        assert_eq!(c.debug_console_addr.as_deref(), Some("vsock://-1:2026"));
+        assert_eq!(c.trace_addr.as_deref(), Some("http://10.0.0.1:4318"));
+        assert_eq!(c.log_vport, 1025, "kept; the address wins where it is used");
+        let c = load_with(&[], Some(""), &[("KATA_AGENT_LOG_ADDR", "")], &[])
+            .unwrap()
+            .0;
+        assert_eq!(c.log_addr, None, "empty = unset");
+        for (var, bad) in [
+            ("KATA_AGENT_LOG_ADDR", "/tmp/log.sock"),
+            ("KATA_AGENT_DEBUG_CONSOLE_ADDR", "http://x:1"),
+            ("KATA_AGENT_TRACE_ADDR", "vsock://2"),
+        ] {
+            let e = load_with(&[], Some(""), &[(var, bad)], &[]).unwrap_err();
+            assert!(e.to_string().contains(var), "{e}");
+        }
+    }
+
+    #[test]
     fn config_file_token_stops_parsing_and_skips_env() {
         let files = [(
             "/etc/kata/agent.toml",

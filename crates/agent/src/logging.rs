@@ -368,10 +368,14 @@ impl HostShared {
     fn run(&self) {
         let mut st = self.lock();
         loop {
-            let (Some(conn), Some(item)) = (st.conn.clone(), st.queue.pop_front()) else {
-                st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
-                continue;
+            let conn = match &st.conn {
+                Some(conn) if !st.queue.is_empty() => conn.clone(),
+                _ => {
+                    st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
             };
+            let item = st.queue.pop_front().expect("checked above");
             let generation = st.generation;
             let line = match &item {
                 HostItem::Line(line) => {
@@ -1027,8 +1031,11 @@ mod tests {
         let (sink, mut next) = host_pair(3 * 8);
         for i in 0..5 {
             sink.write_record(format!("record{i}\n").as_bytes());
+            std::thread::yield_now();
         }
         assert_eq!(sink.dropped(), 2);
+        // The writer thread is awake but has nowhere to send: the records stay queued.
+        std::thread::sleep(Duration::from_millis(50));
         for i in 0..3 {
             assert_eq!(next().unwrap(), format!("record{i}\n").into_bytes());
         }

@@ -43,6 +43,9 @@ Environment:
   KATA_AGENT_SERVER_ADDR   address to serve on (unix:///path, unix://@name, vsock://CID:PORT)
   KATA_AGENT_LOG_LEVEL     trace, debug, info, warn or error
   KATA_AGENT_TRACING       true/false
+  KATA_AGENT_LOG_ADDR, KATA_AGENT_DEBUG_CONSOLE_ADDR, KATA_AGENT_TRACE_ADDR
+                           log stream, debug console and trace export addresses (unix:///path or
+                           vsock://CID:PORT) instead of the vsock ports; see docs/observability.md
   KATA_AGENT_RUN_DIR       where container bundles and sandbox state live (default /run/kata-containers)
 See docs/configuration.md for every option.
 ";

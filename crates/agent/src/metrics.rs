@@ -334,7 +334,9 @@ impl Metrics {
             for (cpu, values) in parse_proc_stat_cpus(&text) {
                 for (item, ticks) in CPU_ITEMS.iter().zip(values) {
                     let ms = ticks as f64 * 1000.0 / tps;
-                    self.cpu_time.with_label_values(&[cpu.as_str(), item]).set(ms);
+                    self.cpu_time
+                        .with_label_values(&[cpu.as_str(), item])
+                        .set(ms);
                 }
             }
         }
@@ -346,7 +348,9 @@ impl Metrics {
         if let Some(text) = read("/proc/net/dev") {
             for (iface, values) in parse_net_dev(&text) {
                 for (item, v) in NETDEV_ITEMS.iter().zip(values) {
-                    self.netdev.with_label_values(&[iface.as_str(), item]).set(v as f64);
+                    self.netdev
+                        .with_label_values(&[iface.as_str(), item])
+                        .set(v as f64);
                 }
             }
         }

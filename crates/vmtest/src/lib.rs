@@ -15,6 +15,7 @@
 //! Both processes are killed when the [`Vm`] is dropped (and, through `PR_SET_PDEATHSIG`, when the
 //! thread that started them dies).
 
+pub mod bench;
 pub mod qmp;
 
 use std::fs::File;
@@ -320,6 +321,7 @@ pub struct Vm {
     qemu: ChildGuard,
     vsock: ChildGuard,
     exit_status: Option<ExitStatus>,
+    vsock_ready: bool,
 }
 
 impl Vm {
@@ -477,6 +479,7 @@ impl Vm {
             qemu,
             vsock,
             exit_status: None,
+            vsock_ready: false,
         })
     }
 
@@ -527,9 +530,57 @@ impl Vm {
         )
     }
 
+    /// Waits until the guest driver of the vsock device is set up (virtio DRIVER_OK, asked
+    /// through QMP). Host connections made earlier reach vhost-device-vsock before its vrings
+    /// are initialised, which can leave the device unable to serve later connections.
+    pub fn wait_vsock_driver(&mut self, timeout: Duration) -> Result<()> {
+        if self.vsock_ready {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        let mut qmp = self.qmp()?;
+        let path = loop {
+            let devices = qmp.execute("x-query-virtio", serde_json::json!({}))?;
+            let found = devices.as_array().and_then(|list| {
+                list.iter()
+                    .find(|d| d["name"] == "vhost-vsock")
+                    .and_then(|d| d["path"].as_str().map(str::to_string))
+            });
+            if let Some(p) = found {
+                break p;
+            }
+            if Instant::now() > deadline {
+                bail!("QEMU lists no vhost-vsock device");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        loop {
+            self.ensure_running()?;
+            let st = qmp.execute("x-query-virtio-status", serde_json::json!({ "path": path }))?;
+            let ok = st["status"]["statuses"].as_array().is_some_and(|l| {
+                l.iter().any(|s| {
+                    s.as_str()
+                        .is_some_and(|s| s.starts_with("VIRTIO_CONFIG_S_DRIVER_OK"))
+                })
+            });
+            if ok {
+                self.vsock_ready = true;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the guest did not set up its vsock device within {timeout:?}:\n{}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// One ttRPC connection to the agent (port 1024), retried until `timeout`.
     pub async fn connect(&mut self, timeout: Duration) -> Result<ttrpc::r#async::Client> {
         let deadline = Instant::now() + timeout;
+        self.wait_vsock_driver(timeout)?;
         let opts = agent_client::ConnectOptions {
             hybrid_vsock: true,
             hybrid_vsock_port: AGENT_PORT,
@@ -592,6 +643,7 @@ impl Vm {
     /// `timeout` while the guest does not listen yet.
     pub fn connect_port(&mut self, port: u32, timeout: Duration) -> Result<UnixStream> {
         let deadline = Instant::now() + timeout;
+        self.wait_vsock_driver(timeout)?;
         loop {
             self.ensure_running()?;
             match hybrid_connect(&self.hvsock, port) {

@@ -22,6 +22,8 @@ Options:
   --memory MIB       guest memory (default 512)
   --cpus N           vCPUs at boot (default 1)
   --max-cpus N       vCPUs possible (default: --cpus)
+  --check-only       boot, wait for the agent's first Check, print the time and stop
+  --bench            boot, measure containers in the guest (needs --share with rootfs/), stop
   -h, --help         this help
 ";
 
@@ -40,6 +42,8 @@ fn run() -> Result<()> {
     };
     let mut share: Option<PathBuf> = None;
     let mut share_at = DEFAULT_SHARE_AT.to_string();
+    let mut check_only = false;
+    let mut bench = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || {
@@ -54,6 +58,8 @@ fn run() -> Result<()> {
             "--memory" => cfg.memory_mib = value()?.parse().context("--memory")?,
             "--cpus" => cfg.cpus = value()?.parse().context("--cpus")?,
             "--max-cpus" => cfg.max_cpus = value()?.parse().context("--max-cpus")?,
+            "--check-only" => check_only = true,
+            "--bench" => bench = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return Ok(());
@@ -82,6 +88,16 @@ fn run() -> Result<()> {
         vm.accel,
         assets.kernel_version
     );
+    if check_only {
+        return Ok(());
+    }
+    if bench {
+        let Some((_, Some(at))) = vm.config.share.clone() else {
+            bail!("--bench needs --share DIR (with the busybox rootfs in DIR/rootfs)");
+        };
+        let (client, _) = rt.block_on(vm.clients())?;
+        return rt.block_on(vmtest::bench::run(&client, &format!("{at}/rootfs"), 20));
+    }
     println!("  agent (hybrid vsock): {}", vm.agent_addr());
     println!("  QMP:                  {}", vm.qmp_socket.display());
     println!("  guest console log:    {}", vm.console.display());

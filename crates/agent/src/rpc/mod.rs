@@ -3,6 +3,12 @@
 //!
 //! Every method of `grpc.AgentService` is routed here; a method whose capability is not built yet
 //! answers UNIMPLEMENTED with `<Method> is not implemented yet`.
+//!
+//! Every method except the stream ones (WriteStdin, ReadStdout, ReadStderr), GetOOMEvent and the
+//! mem-agent ones runs through [`crate::traced_rpc!`]: it logs `rpc call from shim to agent` and,
+//! with tracing on, runs in a span named as upstream names it (`create_container`,
+//! `update_mounts` for UpdateEphemeralMounts, `get_iptables`, ...), parented from the request's
+//! `traceparent` metadata.
 
 mod containers;
 mod guest;

@@ -34,8 +34,6 @@ use serde_json::{json, Map};
 
 use crate::endpoint::{Endpoint, StdStream};
 
-/// How long connecting to the collector may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one write may stall.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,7 +61,7 @@ impl FramedExporter {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         for attempt in 0..2 {
             if conn.is_none() {
-                let stream = self.endpoint.connect_std(CONNECT_TIMEOUT)?;
+                let stream = self.endpoint.connect_std()?;
                 stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
                 *conn = Some(stream);
             }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -110,7 +110,7 @@ fn otlp_processor(
     _builder: opentelemetry_sdk::trace::TracerProviderBuilder,
     url: &str,
 ) -> Result<opentelemetry_sdk::trace::TracerProviderBuilder> {
-    bail!("trace address {url}: this agent was built without the `otlp` feature")
+    anyhow::bail!("trace address {url}: this agent was built without the `otlp` feature")
 }
 
 impl Telemetry {

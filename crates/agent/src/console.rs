@@ -119,7 +119,7 @@ fn spawn_shell(shell: &Path, tty: OwnedFd) -> io::Result<engine::ExitWatch> {
     engine::reaper::start();
     let _guard = engine::reaper::guard();
     let child = cmd.spawn()?;
-    let watch = engine::reaper::watch(child.id() as i32);
+    let watch = engine::reaper::watch_new(child.id() as i32);
     // `child` is dropped without waiting: the reaper owns its exit status.
     Ok(watch)
 }

@@ -254,7 +254,7 @@ pub fn watch(pid: i32) -> ExitWatch {
 /// Like [`watch`] for a pid that is known to be alive (a child just spawned
 /// under [`guard`]): any remembered exit of an earlier process with the same
 /// pid is stale and dropped.
-pub(crate) fn watch_new(pid: i32) -> ExitWatch {
+pub fn watch_new(pid: i32) -> ExitWatch {
     table().unclaimed.retain(|(p, _, _)| *p != pid);
     watch(pid)
 }

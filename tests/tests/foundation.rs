@@ -510,7 +510,11 @@ fn kata_agent_ctl_drives_the_real_agent() {
         "CreateSandbox sandbox_id=ctl-test hostname=ctl-host",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
@@ -526,13 +530,22 @@ fn kata_agent_ctl_drives_the_real_agent() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     // Upstream answers INVALID_ARGUMENT for an unknown container; so do we.
-    assert!(err.contains("StatsContainer failed: INVALID_ARGUMENT"), "{err}");
+    assert!(
+        err.contains("StatsContainer failed: INVALID_ARGUMENT"),
+        "{err}"
+    );
 
     // The same request in json:// form, then DestroySandbox stops the agent.
     let out = agent.ctl(&["-c", r#"SetGuestDateTime json://{"Sec":0}"#]);
     assert!(!out.status.success());
     let out = agent.ctl(&["-c", "DestroySandbox"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let status = agent.wait_exit(Duration::from_secs(20)).expect("agent exits");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = agent
+        .wait_exit(Duration::from_secs(20))
+        .expect("agent exits");
     assert!(status.success());
 }

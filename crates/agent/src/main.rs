@@ -110,9 +110,8 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
     // Log stream to the host and trace export: both must be in place before the first record.
     let mut sinks: Vec<Arc<dyn logging::LogSink>> = Vec::new();
     if let Some(ep) = endpoint::log_endpoint(&cfg)? {
-        let sink = logging::HostSink::listen(&ep, logging::HOST_BUFFER_BYTES).map_err(|e| {
-            anyhow::anyhow!("cannot listen for the log stream on {ep}: {e}")
-        })?;
+        let sink = logging::HostSink::listen(&ep, logging::HOST_BUFFER_BYTES)
+            .map_err(|e| anyhow::anyhow!("cannot listen for the log stream on {ep}: {e}"))?;
         sinks.push(Arc::new(sink));
     }
     let (telemetry, otel_layer) = telemetry::setup(&cfg)?.unzip();

@@ -199,7 +199,10 @@ fn test_created_state_and_start_twice(env: &Env) -> Result<()> {
     ensure!(g.c().init_exit().try_get().is_none());
     g.c().start()?;
     // At once, before the init can have consumed the start byte.
-    ensure!(g.c().start().is_err(), "an immediate second start succeeded");
+    ensure!(
+        g.c().start().is_err(),
+        "an immediate second start succeeded"
+    );
     ensure!(wait(g.c())? == 0);
     ensure!(read_all(out) == "started\n");
     // A second start must fail at once, not hang.

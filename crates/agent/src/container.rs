@@ -627,7 +627,15 @@ impl Containers {
         // released before the reply.
         let oom_thread = c.oom_thread.lock().unwrap().take();
         if let Some(handle) = oom_thread {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            // Bounded: a watcher that misses the cgroup's removal must not hang the reply.
+            let joined = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::task::spawn_blocking(move || handle.join()),
+            )
+            .await;
+            if joined.is_err() {
+                warn!(subsystem = "container", container_id = %id, "the OOM watcher did not stop; left behind");
+            }
         }
         self.map.lock().unwrap().remove(id);
         info!(subsystem = "container", container_id = %id, "container removed");

@@ -542,6 +542,20 @@ impl Container {
         res
     }
 
+    /// SIGKILLs every process of the container without freezing it: through `cgroup.kill`
+    /// where the kernel has it (v2, 5.14+), else one by one. Errors (a process already gone)
+    /// are ignored; the caller checks that the cgroup emptied.
+    fn kill_everything(&self) {
+        if !self.cgroup.kill_all() {
+            for pid in self.cgroup.pids().unwrap_or_default() {
+                let _ = kill(pid, libc::SIGKILL);
+            }
+        }
+        if self.init_exit.try_get().is_none() {
+            let _ = kill(self.init_pid, libc::SIGKILL);
+        }
+    }
+
     /// Freezes the container.
     pub fn pause(&mut self) -> Result<()> {
         self.check_alive()?;
@@ -582,9 +596,14 @@ impl Container {
             return Ok(());
         }
         let deadline = Instant::now() + timeout;
-        loop {
-            let _ = self.signal_all(libc::SIGKILL);
+        // A frozen process (v1) cannot die: thaw once, then kill without freezing. Freezing
+        // for every round would let a cgroup whose tasks are exiting stall each round for the
+        // freezer timeout; repeating the kill until the cgroup is empty covers racing forks.
+        if self.paused || self.cgroup.is_frozen() {
             let _ = self.cgroup.thaw();
+        }
+        loop {
+            self.kill_everything();
             let empty = self.cgroup.pids().map(|p| p.is_empty()).unwrap_or(true);
             let init_gone = self.init_exit.try_get().is_some()
                 || !Path::new(&format!("/proc/{}", self.init_pid)).exists();

@@ -367,6 +367,18 @@ impl Cgroup {
         }
     }
 
+    /// Kills every process of the cgroup and its descendants at once through `cgroup.kill`
+    /// (cgroup v2, Linux 5.14+). False when that file is not available (v1, older kernels).
+    pub fn kill_all(&self) -> bool {
+        match &self.layout {
+            Layout::V2(root) => {
+                let file = root.join(&self.rel).join("cgroup.kill");
+                file.exists() && write_file(&file, "1").is_ok()
+            }
+            Layout::V1(_) => false,
+        }
+    }
+
     /// Every process in the cgroup and its descendants, sorted, without duplicates.
     pub fn pids(&self) -> Result<Vec<i32>> {
         let dir = match &self.layout {

@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 #[repr(C)]
@@ -13,10 +13,17 @@ struct OpenHow {
     resolve: u64,
 }
 
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_IN_ROOT: u64 = 0x10;
+/// `openat2(2)` resolve flags (linux/openat2.h).
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// Fail on any symlink.
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+/// Fail when resolution would leave the starting directory.
+pub const RESOLVE_BENEATH: u64 = 0x08;
+/// Resolve as if the starting directory were `/`.
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
 
-fn cstr(p: &Path) -> io::Result<CString> {
+/// A path as a C string; a NUL byte inside is an `InvalidInput` error.
+pub fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
@@ -24,6 +31,24 @@ fn cstr(p: &Path) -> io::Result<CString> {
 /// Opens `path` as if `root` were `/`: absolute symlinks and `..` cannot leave it.
 pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let rel = path.strip_prefix("/").unwrap_or(path);
+    openat2(
+        root,
+        rel,
+        flags,
+        mode,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+/// `openat2(dirfd, rel, flags | O_CLOEXEC, mode)` with the given resolve flags; an empty `rel`
+/// opens `dirfd` itself. Retries on EAGAIN (a concurrent rename) and EINTR.
+pub fn openat2(
+    dirfd: RawFd,
+    rel: &Path,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -33,14 +58,14 @@ pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Resu
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: mode as u64,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        resolve,
     };
     loop {
         // SAFETY: openat2 with a valid path pointer and a properly sized struct.
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_openat2,
-                root,
+                dirfd,
                 c.as_ptr(),
                 &how as *const OpenHow,
                 std::mem::size_of::<OpenHow>(),
@@ -51,7 +76,6 @@ pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Resu
             return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
         }
         let e = io::Error::last_os_error();
-        // EAGAIN: a concurrent rename raced with the lookup; retry.
         if e.raw_os_error() != Some(libc::EAGAIN) && e.raw_os_error() != Some(libc::EINTR) {
             return Err(e);
         }
@@ -152,17 +176,19 @@ pub struct MountInfo {
     pub optional: String,
     /// File system type.
     pub fstype: String,
+    /// Mount source (device, or file system specific), unescaped.
+    pub source: String,
     /// Super block options.
     pub super_opts: String,
 }
 
 /// Undoes the octal escapes of mountinfo (`\040` for a space, ...).
-fn unescape(s: &str) -> PathBuf {
+pub fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
             if let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
                 .ok()
                 .and_then(|d| u8::from_str_radix(d, 8).ok())
@@ -175,7 +201,11 @@ fn unescape(s: &str) -> PathBuf {
         out.push(b[i]);
         i += 1;
     }
-    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+    out
+}
+
+fn unescape(s: &str) -> PathBuf {
+    PathBuf::from(std::ffi::OsString::from_vec(unescape_mountinfo(s)))
 }
 
 /// Parses mountinfo text.
@@ -193,6 +223,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
                 mount_point: unescape(f[4]),
                 optional: f[6..].join(" "),
                 fstype: g[0].to_string(),
+                source: String::from_utf8_lossy(&unescape_mountinfo(g[1])).into_owned(),
                 super_opts: g[2].to_string(),
             })
         })
@@ -231,6 +262,14 @@ pub fn unmount_all_under(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_escapes_anywhere_including_the_end() {
+        assert_eq!(unescape_mountinfo("a\\040b"), b"a b");
+        assert_eq!(unescape_mountinfo("/mnt/x\\040"), b"/mnt/x ");
+        assert_eq!(unescape_mountinfo("\\134"), b"\\");
+        assert_eq!(unescape_mountinfo("trailing\\04"), b"trailing\\04");
+    }
 
     #[test]
     fn mountinfo_parsing() {

@@ -11,7 +11,7 @@
 pub mod cgroups;
 pub mod child;
 mod container;
-mod fsutil;
+pub mod fsutil;
 mod hooks;
 pub mod reaper;
 mod setup;

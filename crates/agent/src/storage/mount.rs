@@ -3,6 +3,7 @@
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
+use engine::fsutil::unescape_mountinfo;
 use nix::mount::{MntFlags, MsFlags};
 use tracing::warn;
 
@@ -18,27 +19,6 @@ pub struct MountEntry {
     pub source: String,
 }
 
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
 /// Parses mountinfo text.
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
@@ -50,9 +30,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 return None;
             }
             Some(MountEntry {
-                mount_point: PathBuf::from(std::ffi::OsString::from_vec(unescape(f[4]))),
+                mount_point: PathBuf::from(std::ffi::OsString::from_vec(unescape_mountinfo(f[4]))),
                 fstype: g[0].to_string(),
-                source: String::from_utf8_lossy(&unescape(g[1])).into_owned(),
+                source: String::from_utf8_lossy(&unescape_mountinfo(g[1])).into_owned(),
             })
         })
         .collect()

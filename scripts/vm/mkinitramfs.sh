@@ -10,7 +10,8 @@
 # modules below (and what they depend on, resolved with modprobe against the cached kernel) in
 # /lib/modules, /dev/console, a minimal /etc. Kernel from scripts/vm/setup.sh ($KATA_VM_CACHE).
 #
-# /init understands one option of its own on the kernel command line (the agent ignores it):
+# /init passes <module>.<param>=<value> options of the kernel command line to insmod (as modprobe
+# does for loadable modules), e.g. virtio_net.napi_tx=0. Its own options (the agent ignores them):
 #   vmtest.9p=TAG:/guest/path   mount the virtio-9p share TAG at /guest/path before the agent starts
 #   vmtest.orphan=/guest/file   leave an orphan (named vmtest-orphan) for the agent to inherit as
 #                               PID 1; it exits once /guest/file exists (reaping test)
@@ -36,8 +37,9 @@ fi
 version=$(cat "$kroot/version")
 
 # virtio transport, vsock (the agent's API), block and network devices (hot-plug scenarios), 9p
-# and virtio-fs (shared directories), overlay (container rootfs layers), ext4 (block storages).
-modules=(virtio_pci vmw_vsock_virtio_transport virtio_blk virtio_net 9pnet_virtio 9p overlay virtiofs ext4)
+# and virtio-fs (shared directories; virtiofs needs fuse, virtio and virtio_ring per modules.dep,
+# which modprobe orders first), overlay (container rootfs layers), ext4 (block storages).
+modules=(virtio_pci vmw_vsock_virtio_transport virtio_blk virtio_net 9pnet_virtio 9p overlay fuse virtiofs ext4)
 
 stage=$(mktemp -d "${TMPDIR:-/tmp}/kata-initramfs.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
@@ -83,10 +85,22 @@ cat > "$stage/init" <<'EOF'
 # Loads the modules the agent needs, mounts a 9p share if asked to, then becomes the agent (PID 1).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc -o nosuid,nodev,noexec proc /proc
+cmdline=$(cat /proc/cmdline)
 while read -r m; do
-    insmod "$m" || echo "init: cannot load $m" >&2
+    # Options for the module on the kernel command line (<module>.<param>=<value>), as modprobe
+    # would pass them: insmod does not read the command line itself.
+    name=${m##*/}
+    name=${name%.ko}
+    params=""
+    for opt in $cmdline; do
+        case "$opt" in
+        "$name".*=*) params="$params ${opt#"$name".}" ;;
+        esac
+    done
+    # shellcheck disable=SC2086 # one word per option
+    insmod "$m" $params || echo "init: cannot load $m$params" >&2
 done < /etc/modules.load
-for opt in $(cat /proc/cmdline); do
+for opt in $cmdline; do
     case "$opt" in
     vmtest.9p=*:*)
         spec=${opt#vmtest.9p=}

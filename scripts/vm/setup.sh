@@ -2,7 +2,9 @@
 # Installs and caches what the VM harness needs (run as root on Debian; idempotent, quick once done):
 #   * Debian packages: qemu-system-x86, cpio, kmod, busybox-static, e2fsprogs (test disk images);
 #   * a Debian kernel (vmlinuz + modules), unpacked under $KATA_VM_CACHE/kernel/<version>/;
-#   * vhost-device-vsock from crates.io (hybrid vsock for QEMU), under $KATA_VM_CACHE/cargo/bin/.
+#   * vhost-device-vsock from crates.io (hybrid vsock for QEMU), under $KATA_VM_CACHE/cargo/bin/;
+#   * virtiofsd from crates.io (the virtio-fs device), beside it (needs libcap-ng-dev and
+#     libseccomp-dev, installed here).
 # The cache defaults to build/vm (gitignored). Prints nothing but progress; exits non-zero with a
 # message that names what is missing when a download or build fails.
 #
@@ -11,11 +13,13 @@
 #   KATA_VM_KERNEL_PKG   kernel package to use (default: what linux-image-amd64 depends on; the
 #                        generic flavour, because Debian's cloud kernel has no 9p file system)
 #   KATA_VM_VSOCK_VERSION  vhost-device-vsock version (default: 0.3.0)
+#   KATA_VM_VIRTIOFSD_VERSION  virtiofsd version (default: 1.14.0)
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cache="${KATA_VM_CACHE:-$repo/build/vm}"
 vsock_version="${KATA_VM_VSOCK_VERSION:-0.3.0}"
+virtiofsd_version="${KATA_VM_VIRTIOFSD_VERSION:-1.14.0}"
 mkdir -p "$cache"
 
 fail() {
@@ -34,7 +38,8 @@ apt_update() {
 }
 
 # --- Debian packages -------------------------------------------------------------------------
-packages=(qemu-system-x86 cpio kmod busybox-static e2fsprogs)
+# libcap-ng-dev, libseccomp-dev and pkg-config: to build virtiofsd (it links both libraries).
+packages=(qemu-system-x86 cpio kmod busybox-static e2fsprogs libcap-ng-dev libseccomp-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -99,4 +104,17 @@ if [ ! -x "$vsock_bin" ] || ! "$vsock_bin" --version 2>/dev/null | grep -q " $vs
     fi
 fi
 
-echo "vm setup: ready (kernel $(cat "$kdir/current/version"), $("$vsock_bin" --version))"
+# --- virtiofsd --------------------------------------------------------------------------------
+# The virtio-fs device's vhost-user back end (QEMU's vhost-user-fs-pci). About 1.5 min to build.
+virtiofsd_bin="$cache/cargo/bin/virtiofsd"
+if [ ! -x "$virtiofsd_bin" ] || ! "$virtiofsd_bin" --version 2>/dev/null | grep -q " $virtiofsd_version\$"; then
+    echo "vm setup: building virtiofsd $virtiofsd_version from crates.io (takes a minute or two)"
+    log="$cache/virtiofsd-build.log"
+    if ! cargo install --locked --quiet --version "$virtiofsd_version" virtiofsd \
+        --root "$cache/cargo" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        fail "cannot build virtiofsd $virtiofsd_version with cargo install (needs libcap-ng-dev and libseccomp-dev; no network? see $log); the virtio-fs scenarios need it"
+    fi
+fi
+
+echo "vm setup: ready (kernel $(cat "$kdir/current/version"), $("$vsock_bin" --version), $("$virtiofsd_bin" --version))"

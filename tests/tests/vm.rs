@@ -21,7 +21,7 @@ use protocols::agent::{
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::{health_check_response::ServingStatus, CheckRequest};
 use serde_json::{json, Value};
-use vmtest::{Assets, Vm, VmConfig, DEFAULT_SHARE_AT};
+use vmtest::{Assets, VirtioFs, Vm, VmConfig, DEFAULT_SHARE_AT};
 
 /// Prints to the real stderr, past the test harness's output capture: skips, boot times and
 /// scenario durations show in CI logs.
@@ -218,6 +218,35 @@ async fn read_all(client: &AgentServiceClient, cid: &str, exec_id: &str, stderr:
     }
 }
 
+/// Writes `data` to the stdin of `cid`/`exec_id` in a task (so that the caller can read the
+/// output meanwhile), then closes it.
+fn feed_stdin(
+    client: &AgentServiceClient,
+    cid: &str,
+    exec_id: &str,
+    data: Vec<u8>,
+) -> tokio::task::JoinHandle<()> {
+    let (c, cid, exec_id) = (client.clone(), cid.to_string(), exec_id.to_string());
+    tokio::spawn(async move {
+        for chunk in data.chunks(60 * 1024) {
+            let mut req = WriteStreamRequest::new();
+            req.container_id = cid.clone();
+            req.exec_id = exec_id.clone();
+            let mut off = 0;
+            while off < chunk.len() {
+                req.data = chunk[off..].to_vec();
+                let n = c.write_stdin(ctx(), &req).await.unwrap().len as usize;
+                assert!(n > 0);
+                off += n;
+            }
+        }
+        let mut req = CloseStdinRequest::new();
+        req.container_id = cid;
+        req.exec_id = exec_id;
+        c.close_stdin(ctx(), &req).await.unwrap();
+    })
+}
+
 async fn wait(client: &AgentServiceClient, cid: &str, exec_id: &str) -> i32 {
     let mut req = WaitProcessRequest::new();
     req.container_id = cid.into();
@@ -321,9 +350,16 @@ async fn destroy_and_expect_poweroff(vm: &mut Vm, client: &AgentServiceClient) {
         .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
         .await
         .unwrap_or_else(|e| panic!("DestroySandbox: {e:?}"));
-    let status = vm
-        .wait_exit(Duration::from_secs(120))
-        .unwrap_or_else(|| panic!("the guest did not power off:\n{}", vm.diagnostics()));
+    let status = vm.wait_exit(Duration::from_secs(120)).unwrap_or_else(|| {
+        let state = vm
+            .qmp()
+            .and_then(|mut q| q.execute("query-status", json!({})))
+            .map_or_else(|e| format!("QMP: {e:#}"), |s| s.to_string());
+        panic!(
+            "the guest did not power off (QEMU state: {state}):\n{}",
+            vm.diagnostics()
+        )
+    });
     let console = vm.console_log();
     assert!(status.success(), "QEMU {status}:\n{console}");
     assert!(
@@ -461,28 +497,7 @@ fn vm_init_api_containers_cgroup_v1() {
         // --- byte-exact I/O: 1 MiB of all byte values through cat's stdin and stdout
         create_and_start(&c, "cat", spec(&rootfs, &["cat"], |_| {})).await;
         let data = pattern(1 << 20, 7);
-        let writer = {
-            let c = c.clone();
-            let data = data.clone();
-            tokio::spawn(async move {
-                for chunk in data.chunks(60 * 1024) {
-                    let mut req = WriteStreamRequest::new();
-                    req.container_id = "cat".into();
-                    req.exec_id = "cat".into();
-                    let mut off = 0;
-                    while off < chunk.len() {
-                        req.data = chunk[off..].to_vec();
-                        let n = c.write_stdin(ctx(), &req).await.unwrap().len as usize;
-                        assert!(n > 0);
-                        off += n;
-                    }
-                }
-                let mut req = CloseStdinRequest::new();
-                req.container_id = "cat".into();
-                req.exec_id = "cat".into();
-                c.close_stdin(ctx(), &req).await.unwrap();
-            })
-        };
+        let writer = feed_stdin(&c, "cat", "cat", data.clone());
         let echoed = read_all(&c, "cat", "cat", false).await;
         writer.await.unwrap();
         assert_eq!(wait(&c, "cat", "cat").await, 0);
@@ -879,17 +894,31 @@ fn ext4_image(dir: &Path, content: &[u8]) -> std::path::PathBuf {
 /// virtio-blk disk found by its PCI path and mounted as a `blk` storage, a missing disk failing
 /// after `agent.hotplug_timeout` (a Go duration), a NIC configured by UpdateInterface with its
 /// device path, and a CPU onlined by OnlineCPUMem with the container cpusets' parents widened.
+/// The same boot also has a virtio-fs device (virtiofsd): a container runs from a rootfs on a
+/// `virtio-fs` storage.
 #[test]
 fn vm_hotplug_disk_nic_cpu() {
     let Some(assets) = assets() else { return };
     let started = Instant::now();
     let share = Share::new();
+    // Served by virtiofsd with the same tag as the 9p share (tags are per file system type).
+    let vfs_share = Share::new();
+    let vfs_in = pattern(300_000, 13);
+    std::fs::write(vfs_share.path().join("rootfs/from-host.bin"), &vfs_in).unwrap();
     let rt = rt();
     let cfg = VmConfig {
         name: "hotplug".into(),
-        kernel_params: vec!["agent.log=debug".into(), "agent.hotplug_timeout=2s".into()],
+        kernel_params: vec![
+            "agent.log=debug".into(),
+            "agent.hotplug_timeout=2s".into(),
+            // The NIC sits on a hub with no other port. With NAPI TX, the guest's first IPv6
+            // (MLD) packets on it sometimes left a kworker spinning in virtio_net's start_xmit
+            // under TCG, which hung the power-off; /init passes this to insmod.
+            "virtio_net.napi_tx=0".into(),
+        ],
         // No /init mount: the agent mounts the share itself (9p storage of CreateSandbox).
         share: Some((share.path().to_path_buf(), None)),
+        virtio_fs: Some(VirtioFs::new(vfs_share.path())),
         cpus: 1,
         max_cpus: 2,
         hotplug_ports: 3,
@@ -952,6 +981,18 @@ fn vm_hotplug_disk_nic_cpu() {
         )
         .await;
 
+        let napi_tx = sh(
+            &c,
+            "probe",
+            "cat /guestsys/module/virtio_net/parameters/napi_tx",
+        )
+        .await;
+        assert_eq!(
+            napi_tx.trim(),
+            "N",
+            "/init did not pass virtio_net.napi_tx=0"
+        );
+
         // --- virtio-blk disk hot-plugged through QMP, mounted as a blk storage by PCI path.
         {
             let mut qmp = vm.qmp().unwrap();
@@ -996,6 +1037,69 @@ fn vm_hotplug_disk_nic_cpu() {
             "the disk's file read in the container differs"
         );
         remove(&c, "disk").await;
+
+        // --- virtio-fs: a container storage (driver virtio-fs, source the tag, fstype virtiofs)
+        // below the shared dir; the container runs from a rootfs on it, copies a host file to
+        // stdout and 1 MiB of stdin to a file that the host then reads.
+        let vfs_mount = format!("{shared}/vmtest-virtiofs");
+        let mut st = protocols::agent::Storage::new();
+        st.driver = "virtio-fs".into();
+        st.source = vmtest::SHARE_TAG.into();
+        st.fstype = "virtiofs".into();
+        st.options = vec!["nodev".into()];
+        st.mount_point = vfs_mount.clone();
+        let mut req = CreateContainerRequest::new();
+        req.container_id = "vfs".into();
+        req.exec_id = "vfs".into();
+        req.storages.push(st);
+        req.OCI = protobuf::MessageField::some(spec(
+            &format!("{vfs_mount}/rootfs"),
+            &[
+                "sh",
+                "-c",
+                "cat /from-host.bin && cat > /from-guest.bin && sync",
+            ],
+            |_| {},
+        ));
+        c.create_container(ctx(), &req)
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer with a virtio-fs storage: {e:?}"));
+        let mountinfo = sh(&c, "probe", "cat /guestproc/1/mountinfo").await;
+        assert!(
+            has_mount(&mountinfo, &vfs_mount, "virtiofs"),
+            "no virtiofs mount on {vfs_mount}:\n{mountinfo}"
+        );
+        let mut sreq = StartContainerRequest::new();
+        sreq.container_id = "vfs".into();
+        c.start_container(ctx(), &sreq).await.unwrap();
+        let vfs_data = pattern(1 << 20, 17);
+        let writer = feed_stdin(&c, "vfs", "vfs", vfs_data.clone());
+        let out = read_all(&c, "vfs", "vfs", false).await;
+        writer.await.unwrap();
+        assert_eq!(wait(&c, "vfs", "vfs").await, 0);
+        assert!(
+            out == vfs_in,
+            "the host file read over virtio-fs differs ({} bytes)",
+            out.len()
+        );
+        let back = std::fs::read(vfs_share.path().join("rootfs/from-guest.bin")).unwrap();
+        assert!(
+            back == vfs_data,
+            "the file written over virtio-fs differs ({} bytes)",
+            back.len()
+        );
+        remove(&c, "vfs").await;
+        // The container's storage went with it.
+        let mountinfo = sh(&c, "probe", "cat /guestproc/1/mountinfo").await;
+        assert!(
+            !has_mount(&mountinfo, &vfs_mount, "virtiofs"),
+            "the virtio-fs storage is still mounted after RemoveContainer"
+        );
+        assert!(
+            vm.virtiofsd_running(),
+            "virtiofsd exited:\n{}",
+            vm.diagnostics()
+        );
 
         // A disk that never arrives: DEADLINE_EXCEEDED after agent.hotplug_timeout=2s.
         let mut st = protocols::agent::Storage::new();

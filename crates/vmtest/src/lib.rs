@@ -7,13 +7,14 @@
 //! * [`Vm::start`] runs `vhost-device-vsock` (the guest's vsock device, exposed on the host as a
 //!   unix socket speaking the hybrid-vsock `CONNECT <port>` protocol) and QEMU (TCG, or KVM when the
 //!   host really has it) with a QMP socket, free PCIe root ports for hot-plug, an optional virtio-9p
-//!   share and the kernel command line options of the scenario.
+//!   share, an optional virtio-fs share (served by `virtiofsd`, see [`VirtioFs`]) and the kernel
+//!   command line options of the scenario.
 //! * The agent is reached with [`Vm::connect`] / [`Vm::wait_ready`] (ttRPC over hybrid vsock, port
 //!   1024), other guest ports with [`Vm::connect_port`] (e.g. the log port 1025, the debug console),
 //!   and guest-initiated connections with [`Vm::listen_port`] (e.g. trace spans).
 //!
-//! Both processes are killed when the [`Vm`] is dropped (and, through `PR_SET_PDEATHSIG`, when the
-//! thread that started them dies).
+//! The processes (QEMU, vhost-device-vsock, virtiofsd) are killed when the [`Vm`] is dropped (and,
+//! through `PR_SET_PDEATHSIG`, when the thread that started them dies).
 
 pub mod bench;
 pub mod qmp;
@@ -71,6 +72,8 @@ pub struct Assets {
     pub kernel_version: String,
     pub initrd: PathBuf,
     pub vhost_vsock: PathBuf,
+    /// The virtio-fs back end (`virtiofsd` from crates.io, built by `scripts/vm/setup.sh`).
+    pub virtiofsd: PathBuf,
     pub agent: PathBuf,
 }
 
@@ -84,8 +87,8 @@ impl Assets {
         let cache = cache_dir();
         run_script(
             Command::new(root.join("scripts/vm/setup.sh")),
-            "the VM prerequisites (QEMU, the Debian kernel, vhost-device-vsock) are missing and \
-             scripts/vm/setup.sh could not install them",
+            "the VM prerequisites (QEMU, the Debian kernel, vhost-device-vsock, virtiofsd) are \
+             missing and scripts/vm/setup.sh could not install them",
         )?;
         let agent = match std::env::var_os("KATA_VM_AGENT") {
             Some(p) => PathBuf::from(p),
@@ -113,9 +116,15 @@ impl Assets {
             kernel_version,
             initrd,
             vhost_vsock: cache.join("cargo/bin/vhost-device-vsock"),
+            virtiofsd: cache.join("cargo/bin/virtiofsd"),
             agent,
         };
-        for p in [&assets.kernel, &assets.vhost_vsock, &assets.agent] {
+        for p in [
+            &assets.kernel,
+            &assets.vhost_vsock,
+            &assets.virtiofsd,
+            &assets.agent,
+        ] {
             if !p.exists() {
                 bail!("{} is missing after the set-up", p.display());
             }
@@ -190,6 +199,73 @@ pub fn accel() -> Accel {
     }
 }
 
+/// virtiofsd's caching policy (`--cache`): how long the guest may trust what it has cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VirtioFsCache {
+    /// Metadata and data cached for a short time (virtiofsd's default, Kata's default).
+    #[default]
+    Auto,
+    /// Nothing cached: every access goes to the host (direct I/O; private mmap still works).
+    Never,
+    /// Cached for a long time: only for directories nobody else changes.
+    Always,
+    /// Metadata cached, data not.
+    Metadata,
+}
+
+impl VirtioFsCache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VirtioFsCache::Auto => "auto",
+            VirtioFsCache::Never => "never",
+            VirtioFsCache::Always => "always",
+            VirtioFsCache::Metadata => "metadata",
+        }
+    }
+}
+
+impl std::str::FromStr for VirtioFsCache {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "auto" => VirtioFsCache::Auto,
+            "never" => VirtioFsCache::Never,
+            "always" => VirtioFsCache::Always,
+            "metadata" => VirtioFsCache::Metadata,
+            other => {
+                bail!("unknown virtio-fs cache policy {other:?} (auto, never, always, metadata)")
+            }
+        })
+    }
+}
+
+/// A host directory shared with the guest over virtio-fs: `virtiofsd` serves it on a vhost-user
+/// socket in the run directory and QEMU gets a `vhost-user-fs-pci` device with the tag. The guest
+/// mounts it with `mount -t virtiofs TAG DIR`, or the agent does for a `virtio-fs` storage.
+#[derive(Debug, Clone)]
+pub struct VirtioFs {
+    pub dir: PathBuf,
+    /// The mount tag (at most 36 bytes); [`SHARE_TAG`] by default. It may equal the 9p share's
+    /// tag: the guest looks tags up per file system type.
+    pub tag: String,
+    pub cache: VirtioFsCache,
+}
+
+impl VirtioFs {
+    /// `dir` shared with tag [`SHARE_TAG`] and the `auto` cache policy.
+    pub fn new(dir: impl Into<PathBuf>) -> VirtioFs {
+        VirtioFs {
+            dir: dir.into(),
+            tag: SHARE_TAG.into(),
+            cache: VirtioFsCache::Auto,
+        }
+    }
+}
+
+/// virtiofsd's sandbox: a private mount namespace whose root is the shared directory (plus
+/// pid and net namespaces). Needs root, which the harness has anyway.
+const VIRTIOFSD_SANDBOX: &str = "namespace";
+
 /// A guest to boot.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -205,6 +281,9 @@ pub struct VmConfig {
     /// Host directory shared over virtio-9p with tag [`SHARE_TAG`], and the guest path where the
     /// guest's `/init` mounts it (`None`: the agent or a scenario mounts it).
     pub share: Option<(PathBuf, Option<String>)>,
+    /// Host directory shared over virtio-fs (virtiofsd + `vhost-user-fs-pci`); nothing mounts it
+    /// in the guest until a scenario asks the agent to (a `virtio-fs` storage).
+    pub virtio_fs: Option<VirtioFs>,
     /// Empty PCIe root ports for hot-plug, `rp0`, `rp1`, ... (see [`Vm::hotplug_port`]).
     pub hotplug_ports: u32,
     /// Run directory (sockets, logs); a fresh temporary directory when `None`.
@@ -222,6 +301,7 @@ impl Default for VmConfig {
             cpus: 1,
             max_cpus: 1,
             share: None,
+            virtio_fs: None,
             hotplug_ports: 2,
             run_dir: None,
             qemu_args: Vec::new(),
@@ -288,8 +368,15 @@ impl ChildGuard {
         self.child.is_some() && self.try_wait().is_none()
     }
 
+    /// SIGKILL to the child's own children (virtiofsd runs its server in a forked child), then to
+    /// the child, which is reaped. The grandchildren's pids cannot be reused before that: the
+    /// child, still alive, has not reaped them.
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            for pid in children_of(c.id()) {
+                // SAFETY: plain kill(2) on a pid read from the child's own children list.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -317,8 +404,9 @@ pub struct Vm {
     _temp: Option<tempfile::TempDir>,
     _lock: Option<File>,
     started: Instant,
-    // Field order matters: QEMU goes first, then its vsock device.
+    // Field order matters: QEMU goes first, then its vhost-user back ends.
     qemu: ChildGuard,
+    virtiofsd: Option<ChildGuard>,
     vsock: ChildGuard,
     exit_status: Option<ExitStatus>,
     vsock_ready: bool,
@@ -333,7 +421,7 @@ impl Vm {
             Some(d) => {
                 std::fs::create_dir_all(d)?;
                 lock = Some(lock_run_dir(d)?);
-                for f in ["hvsock", "vhost.sock", "qmp.sock"] {
+                for f in ["hvsock", "vhost.sock", "qmp.sock", "virtiofs.sock"] {
                     let _ = std::fs::remove_file(d.join(f));
                 }
                 (None, d.clone())
@@ -372,21 +460,39 @@ impl Vm {
             .stdout(log("vhost-device-vsock.log")?)
             .stderr(log("vhost-device-vsock.log")?);
         let mut vsock = ChildGuard::spawn("vhost-device-vsock", &mut vsock_cmd)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !vhost_socket.exists() {
-            if !vsock.running() {
+        wait_for_socket(
+            &mut vsock,
+            &vhost_socket,
+            &run_dir.join("vhost-device-vsock.log"),
+        )?;
+
+        let virtiofs_socket = run_dir.join("virtiofs.sock");
+        let mut virtiofsd = None;
+        if let Some(fs) = &config.virtio_fs {
+            if fs.tag.is_empty() || fs.tag.len() > 36 || fs.tag.contains([',', '=']) {
                 bail!(
-                    "vhost-device-vsock exited at start-up:\n{}",
-                    read_lossy(&run_dir.join("vhost-device-vsock.log"))
+                    "the virtio-fs tag {:?} must have 1 to 36 bytes, no ',' or '='",
+                    fs.tag
                 );
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "vhost-device-vsock did not create {}",
-                    vhost_socket.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            let dir = fs
+                .dir
+                .canonicalize()
+                .with_context(|| format!("the virtio-fs shared directory {}", fs.dir.display()))?;
+            let mut cmd = Command::new(&assets.virtiofsd);
+            cmd.arg("--socket-path")
+                .arg(&virtiofs_socket)
+                .arg("--shared-dir")
+                .arg(&dir)
+                .arg(format!("--cache={}", fs.cache.as_str()))
+                .arg(format!("--sandbox={VIRTIOFSD_SANDBOX}"))
+                .arg("--log-level=warn")
+                .stdin(Stdio::null())
+                .stdout(log("virtiofsd.log")?)
+                .stderr(log("virtiofsd.log")?);
+            let mut child = ChildGuard::spawn("virtiofsd", &mut cmd)?;
+            wait_for_socket(&mut child, &virtiofs_socket, &run_dir.join("virtiofsd.log"))?;
+            virtiofsd = Some(child);
         }
 
         let accel = accel();
@@ -395,6 +501,10 @@ impl Vm {
             params.push(format!("vmtest.9p={SHARE_TAG}:{guest_path}"));
         }
         params.extend(config.kernel_params.iter().cloned());
+        // For debugging a scenario: e.g. KATA_VM_KERNEL_PARAMS="loglevel=7 hung_task_timeout_secs=10".
+        if let Ok(extra) = std::env::var("KATA_VM_KERNEL_PARAMS") {
+            params.extend(extra.split_whitespace().map(str::to_string));
+        }
         let mem = config.memory_mib;
         let mut args: Vec<String> = vec![
             "-name".into(),
@@ -448,6 +558,15 @@ impl Vm {
             args.push("-device".into());
             args.push(format!("virtio-9p-pci,fsdev=share0,mount_tag={SHARE_TAG}"));
         }
+        if let Some(fs) = &config.virtio_fs {
+            args.push("-chardev".into());
+            args.push(format!(
+                "socket,id=fs0,path={}",
+                path_str(&virtiofs_socket)?
+            ));
+            args.push("-device".into());
+            args.push(format!("vhost-user-fs-pci,chardev=fs0,tag={}", fs.tag));
+        }
         for i in 0..config.hotplug_ports {
             args.push("-device".into());
             args.push(format!(
@@ -477,6 +596,7 @@ impl Vm {
             _lock: lock,
             started,
             qemu,
+            virtiofsd,
             vsock,
             exit_status: None,
             vsock_ready: false,
@@ -674,19 +794,37 @@ impl Vm {
         read_lossy(&self.console)
     }
 
-    /// Console, QEMU and vhost-device-vsock logs, for failure messages.
+    /// Console, QEMU, vhost-device-vsock (and virtiofsd) logs, for failure messages.
     pub fn diagnostics(&self) -> String {
         let tail = |name: &str, n: usize| {
             let s = read_lossy(&self.run_dir.join(name));
             let lines: Vec<&str> = s.lines().collect();
             lines[lines.len().saturating_sub(n)..].join("\n")
         };
-        format!(
+        let mut out = format!(
             "--- guest console (last lines) ---\n{}\n--- qemu ---\n{}\n--- vhost-device-vsock ---\n{}",
-            tail("console.log", 80),
+            tail(
+                "console.log",
+                std::env::var("KATA_VM_CONSOLE_LINES")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(80)
+            ),
             tail("qemu.log", 20),
             tail("vhost-device-vsock.log", 20)
-        )
+        );
+        if self.virtiofsd.is_some() {
+            out.push_str(&format!(
+                "\n--- virtiofsd ---\n{}",
+                tail("virtiofsd.log", 20)
+            ));
+        }
+        out
+    }
+
+    /// Whether virtiofsd (started for [`VmConfig::virtio_fs`]) still runs.
+    pub fn virtiofsd_running(&mut self) -> bool {
+        self.virtiofsd.as_mut().is_some_and(|c| c.running())
     }
 
     /// Waits for QEMU to exit by itself (the guest powered off); `None` on timeout.
@@ -703,17 +841,19 @@ impl Vm {
         }
     }
 
-    /// Kills QEMU and the vsock device now.
+    /// Kills QEMU and its vhost-user back ends (vsock, virtio-fs) now.
     pub fn kill(&mut self) {
         self.qemu.kill();
+        if let Some(v) = &mut self.virtiofsd {
+            v.kill();
+        }
         self.vsock.kill();
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        self.qemu.kill();
-        self.vsock.kill();
+        self.kill();
         if std::thread::panicking() {
             eprintln!(
                 "vmtest: VM {} failed:\n{}",
@@ -722,6 +862,37 @@ impl Drop for Vm {
             );
         }
     }
+}
+
+/// The direct children of `pid` (every thread's list in /proc).
+fn children_of(pid: u32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|l| {
+            l.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Waits until the vhost-user back end `child` has created its listening `socket`.
+fn wait_for_socket(child: &mut ChildGuard, socket: &Path, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        if !child.running() {
+            bail!("{} exited at start-up:\n{}", child.name, read_lossy(log));
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not create {}", child.name, socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// Connects to the hybrid-vsock socket `hvsock` and asks for guest port `port`.

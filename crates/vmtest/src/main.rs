@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use vmtest::{Assets, Vm, VmConfig, DEFAULT_SHARE_AT};
+use vmtest::{Assets, VirtioFs, VirtioFsCache, Vm, VmConfig, DEFAULT_SHARE_AT};
 
 const USAGE: &str = "\
 Usage: kata-vm [OPTIONS]
@@ -18,6 +18,10 @@ Options:
   --share DIR        share DIR with the guest over virtio-9p; the guest mounts it at
                      /mnt/shared (see --share-at)
   --share-at PATH    guest mount point of the share
+  --virtio-fs DIR    also share DIR over virtio-fs (virtiofsd, tag kataShared); the guest does
+                     not mount it: a virtio-fs storage (source kataShared, fstype virtiofs) does
+  --virtio-fs-cache POLICY
+                     virtiofsd's cache policy: auto (default), never, always, metadata
   --param OPT        add OPT to the kernel command line (repeatable), e.g. --param agent.log=debug
   --memory MIB       guest memory (default 512)
   --cpus N           vCPUs at boot (default 1)
@@ -42,6 +46,8 @@ fn run() -> Result<()> {
     };
     let mut share: Option<PathBuf> = None;
     let mut share_at = DEFAULT_SHARE_AT.to_string();
+    let mut virtio_fs: Option<PathBuf> = None;
+    let mut virtio_fs_cache = VirtioFsCache::Auto;
     let mut check_only = false;
     let mut bench = false;
     let mut args = std::env::args().skip(1);
@@ -54,6 +60,8 @@ fn run() -> Result<()> {
             "--run-dir" => cfg.run_dir = Some(PathBuf::from(value()?)),
             "--share" => share = Some(PathBuf::from(value()?)),
             "--share-at" => share_at = value()?,
+            "--virtio-fs" => virtio_fs = Some(PathBuf::from(value()?)),
+            "--virtio-fs-cache" => virtio_fs_cache = value()?.parse()?,
             "--param" => cfg.kernel_params.push(value()?),
             "--memory" => cfg.memory_mib = value()?.parse().context("--memory")?,
             "--cpus" => cfg.cpus = value()?.parse().context("--cpus")?,
@@ -72,6 +80,15 @@ fn run() -> Result<()> {
             .canonicalize()
             .with_context(|| format!("the share {}", dir.display()))?;
         cfg.share = Some((dir, Some(share_at.clone())));
+    }
+    if let Some(dir) = virtio_fs {
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("the virtio-fs share {}", dir.display()))?;
+        cfg.virtio_fs = Some(VirtioFs {
+            cache: virtio_fs_cache,
+            ..VirtioFs::new(dir)
+        });
     }
     cfg.max_cpus = cfg.max_cpus.max(cfg.cpus);
 
@@ -103,6 +120,14 @@ fn run() -> Result<()> {
     println!("  guest console log:    {}", vm.console.display());
     if let Some((dir, Some(at))) = &vm.config.share {
         println!("  9p share:             {} -> guest {at}", dir.display());
+    }
+    if let Some(fs) = &vm.config.virtio_fs {
+        println!(
+            "  virtio-fs share:      {} (tag {}, cache {})",
+            fs.dir.display(),
+            fs.tag,
+            fs.cache.as_str()
+        );
     }
     println!(
         "  try: target/debug/kata-agent-ctl connect --hybrid-vsock --server-address {} -c Check",

@@ -80,7 +80,7 @@ pub fn start(cfg: &AgentConfig) -> anyhow::Result<Option<DebugConsole>> {
         return Ok(None);
     };
     let (stop, stop_rx) = watch::channel(false);
-    let task = match crate::endpoint::debug_console_endpoint(cfg)? {
+    let task = match cfg.debug_console_endpoint()? {
         Some(endpoint) => {
             let listener = endpoint.listen().map_err(|e| {
                 anyhow::anyhow!("cannot listen for the debug console on {endpoint}: {e}")

@@ -21,8 +21,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::config::AgentConfig;
-
 /// `VMADDR_CID_ANY`.
 pub const CID_ANY: u32 = u32::MAX;
 /// The host's CID.
@@ -157,36 +155,6 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
             }
             Ok(())
         }
-    }
-}
-
-/// Where the log stream is served: `KATA_AGENT_LOG_ADDR`, else `agent.log_vport`, else nowhere.
-pub fn log_endpoint(cfg: &AgentConfig) -> Result<Option<Endpoint>> {
-    side_channel(cfg.log_addr.as_deref(), cfg.log_vport)
-}
-
-/// Where the debug console listens: `KATA_AGENT_DEBUG_CONSOLE_ADDR`, else
-/// `agent.debug_console_vport`, else nowhere (serial console).
-pub fn debug_console_endpoint(cfg: &AgentConfig) -> Result<Option<Endpoint>> {
-    side_channel(cfg.debug_console_addr.as_deref(), cfg.debug_console_vport)
-}
-
-/// Where spans are exported: `KATA_AGENT_TRACE_ADDR`, else the host's vsock port 10240.
-pub fn trace_endpoint(cfg: &AgentConfig) -> Result<Endpoint> {
-    match cfg.trace_addr.as_deref() {
-        Some(addr) => Endpoint::parse(addr),
-        None => Ok(Endpoint::Vsock {
-            cid: CID_HOST,
-            port: DEFAULT_TRACE_PORT,
-        }),
-    }
-}
-
-fn side_channel(addr: Option<&str>, vport: u32) -> Result<Option<Endpoint>> {
-    match addr {
-        Some(addr) => Endpoint::parse(addr).map(Some),
-        None if vport > 0 => Ok(Some(Endpoint::vsock_any(vport))),
-        None => Ok(None),
     }
 }
 
@@ -363,27 +331,6 @@ mod tests {
         ] {
             assert_eq!(Endpoint::parse(s).unwrap().to_string(), s);
         }
-    }
-
-    #[test]
-    fn side_channel_choice() {
-        let mut cfg = AgentConfig::default();
-        assert_eq!(log_endpoint(&cfg).unwrap(), None);
-        cfg.log_vport = 1025;
-        assert_eq!(log_endpoint(&cfg).unwrap(), Some(Endpoint::vsock_any(1025)));
-        cfg.log_addr = Some("unix:///tmp/l.sock".into());
-        assert_eq!(
-            log_endpoint(&cfg).unwrap(),
-            Some(Endpoint::Unix("/tmp/l.sock".into()))
-        );
-        assert_eq!(
-            trace_endpoint(&cfg).unwrap(),
-            Endpoint::Vsock {
-                cid: 2,
-                port: 10240
-            }
-        );
-        assert_eq!(debug_console_endpoint(&cfg).unwrap(), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod error;
 mod guest;
 mod init;
 mod io;
+mod log_level;
 mod logging;
 mod metrics;
 mod namespaces;
@@ -109,7 +110,7 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     // Log stream to the host and trace export: both must be in place before the first record.
     let mut sinks: Vec<Arc<dyn logging::LogSink>> = Vec::new();
-    if let Some(ep) = endpoint::log_endpoint(&cfg)? {
+    if let Some(ep) = cfg.log_endpoint()? {
         let sink = logging::HostSink::listen(&ep, logging::HOST_BUFFER_BYTES)
             .map_err(|e| anyhow::anyhow!("cannot listen for the log stream on {ep}: {e}"))?;
         sinks.push(Arc::new(sink));

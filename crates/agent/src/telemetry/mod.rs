@@ -67,7 +67,7 @@ pub fn setup(cfg: &AgentConfig) -> Result<Option<(Telemetry, OtelLayer)>> {
     let builder = if addr.starts_with("http://") || addr.starts_with("https://") {
         otlp_processor(builder, addr)?
     } else {
-        let endpoint = crate::endpoint::trace_endpoint(cfg)?;
+        let endpoint = cfg.trace_endpoint()?;
         let exporter = export::FramedExporter::new(endpoint);
         builder.with_span_processor(batch(exporter))
     };

@@ -181,7 +181,8 @@ pub async fn run(cfg: &Config) -> Result<Report> {
         }
         frame_round(cfg, &target, seed, &report).await;
         clean_up(&target.socket, cfg).await;
-        let res = settled(&target, report.lock().unwrap().baseline).await?;
+        let baseline = report.lock().unwrap().baseline;
+        let res = settled(&target, baseline).await?;
         {
             let mut r = report.lock().unwrap();
             match r.baseline {
@@ -323,7 +324,7 @@ fn live_case(rng: &mut Rng, rootfs: &Path) -> Option<(String, Vec<u8>)> {
 
 /// Malformed frames, each on its own connection; after each, the agent must still answer.
 async fn frame_round(cfg: &Config, target: &Target, seed: u64, report: &Arc<Mutex<Report>>) {
-    let mut rng = Rng::new(seed ^ 0xF4A3_E5);
+    let mut rng = Rng::new(seed ^ 0x00F4_A3E5);
     for case in 0..cfg.frames {
         let Ok(mut c) = Conn::connect(&target.socket).await else {
             return;

@@ -11,8 +11,8 @@ async fn fixed_seed_campaign_runs_clean() {
     let cfg = Config {
         agent: e2e::binary("kata-agent"),
         seed: 0x5eed,
-        cases: 1500,
-        frames: 150,
+        cases: 1000,
+        frames: 100,
         rounds: 2,
         rootfs: Some(e2e::rootfs()),
         ..Config::default()

@@ -18,3 +18,6 @@ scripts/build-static.sh
 
 echo "== cargo test"
 cargo test --workspace --no-fail-fast "$@"
+
+echo "== soak (small): execs and container cycles leave the agent's resources at their baseline"
+cargo run -q -p bench -- soak --agent target/release/kata-agent --rootfs "$KATA_TEST_ROOTFS" --execs 500 --cycles 100

@@ -11,6 +11,8 @@
 //! Latencies are reported as median / p90 / min over the iterations; the machines are noisy, so
 //! compare medians.
 
+mod soak;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -460,6 +462,12 @@ fn is_static(path: &Path) -> Option<bool> {
 }
 
 fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("soak") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(soak::main(std::env::args().skip(2).collect()));
+    }
     let o = parse_options();
     if unsafe { libc::geteuid() } != 0 {
         bail!("run the benchmarks as root (the agent creates namespaces and cgroups)");

@@ -151,6 +151,15 @@ impl Fx {
         .collect()
     }
 
+    /// The init of a container that runs nothing else (once its setup process is gone).
+    async fn init_pid(&self, cid: &str) -> i32 {
+        eventually(10, "the setup process of the init is gone", || {
+            self.cg_pids(cid).len() == 1
+        })
+        .await;
+        self.cg_pids(cid)[0]
+    }
+
     /// Busybox rootfs read-only, its own /dev with a new devpts instance, new mount/ipc/uts
     /// namespaces (the agent adds the pid namespace).
     fn spec(&mut self, cid: &str, p: oci::Process) -> oci::Spec {
@@ -410,7 +419,7 @@ fn terminal_init_and_exec_in_a_new_pid_namespace() {
         assert!(pty_fds(agent).is_empty());
         let spec = fx.spec("t1", process(&["sh"], Some((24, 81))));
         fx.run("t1", spec, false).await;
-        let init = fx.cg_pids("t1")[0];
+        let init = fx.init_pid("t1").await;
         assert_ne!(ns_inode(init, "pid"), ns_inode(agent as i32, "pid"));
         let ctr_pts = devpts_dev(init);
         assert_ne!(ctr_pts, devpts_dev(agent as i32));
@@ -462,11 +471,11 @@ fn terminal_init_and_exec_in_the_sandbox_pid_namespace() {
         let agent = fx.agent.pid();
         let spec = fx.spec("s1", process(&["sleep", "1000"], None));
         fx.run("s1", spec, true).await;
-        let first = fx.cg_pids("s1")[0];
+        let first = fx.init_pid("s1").await;
 
         let spec = fx.spec("s2", process(&["sh"], Some((30, 90))));
         fx.run("s2", spec, true).await;
-        let init = fx.cg_pids("s2")[0];
+        let init = fx.init_pid("s2").await;
         assert_eq!(
             ns_inode(init, "pid"),
             ns_inode(first, "pid"),
@@ -491,6 +500,51 @@ fn terminal_init_and_exec_in_the_sandbox_pid_namespace() {
         .await;
         fx.remove("s2").await;
         fx.remove("s1").await;
+        fx.finish().await;
+    });
+}
+
+/// A container without a devpts has no pty to give: a terminal init or exec fails with a clear
+/// error and leaves no process, descriptor or bundle behind.
+#[test]
+fn terminal_without_a_devpts_is_a_clear_error() {
+    rt().block_on(async {
+        let mut fx = Fx::new("term-nopts").await;
+        let agent = fx.agent.pid();
+        let no_pts = |mut s: oci::Spec| {
+            s.Mounts.retain(|m| m.destination != "/dev/pts");
+            s
+        };
+
+        let spec = no_pts(fx.spec("n1", process(&["sh"], Some((5, 5)))));
+        let mut req = agent::CreateContainerRequest::new();
+        req.container_id = "n1".into();
+        req.OCI = MessageField::some(spec);
+        let err =
+            fx.c.create_container(ctx(), &req)
+                .await
+                .expect_err("a terminal init without a devpts was created");
+        assert!(format!("{err:?}").contains("/dev/ptmx"), "{err:?}");
+        assert!(
+            !fx.agent.run_dir.join("n1").exists(),
+            "the bundle of n1 was left"
+        );
+
+        let spec = no_pts(fx.spec("n2", process(&["sleep", "1000"], None)));
+        fx.run("n2", spec, false).await;
+        let mut req = agent::ExecProcessRequest::new();
+        req.container_id = "n2".into();
+        req.exec_id = "e1".into();
+        req.process = MessageField::some(process(&["sh"], Some((5, 5))));
+        let err =
+            fx.c.exec_process(ctx(), &req)
+                .await
+                .expect_err("a terminal exec without a devpts was started");
+        assert!(format!("{err:?}").contains("/dev/ptmx"), "{err:?}");
+        assert_eq!(fx.cg_pids("n2").len(), 1, "the failed exec left a process");
+        assert!(pty_fds(agent).is_empty());
+        fx.assert_agent_devpts_untouched();
+        fx.remove("n2").await;
         fx.finish().await;
     });
 }

@@ -90,6 +90,9 @@ pub struct AgentOptions<'a> {
     /// Start the agent inside this network namespace (a bind-mounted namespace file such as
     /// `/run/netns/NAME`, see [`NetNs`]).
     pub netns: Option<PathBuf>,
+    /// Start the agent in a mount namespace of its own (a slave of the test's) with a fresh
+    /// devpts instance on `/dev/pts`, so that every pty the agent itself opens shows up there.
+    pub private_devpts: bool,
 }
 
 impl TestAgent {
@@ -149,6 +152,35 @@ impl TestAgent {
             }
             file
         });
+        if opts.private_devpts {
+            // SAFETY: only unshare(2) and mount(2) with static C strings: async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    let check = |rc: libc::c_int| {
+                        if rc != 0 {
+                            Err(std::io::Error::last_os_error())
+                        } else {
+                            Ok(())
+                        }
+                    };
+                    check(libc::unshare(libc::CLONE_NEWNS))?;
+                    check(libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_SLAVE,
+                        std::ptr::null(),
+                    ))?;
+                    check(libc::mount(
+                        c"devpts".as_ptr(),
+                        c"/dev/pts".as_ptr(),
+                        c"devpts".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NOEXEC,
+                        c"newinstance,ptmxmode=0666,mode=0620".as_ptr().cast(),
+                    ))
+                });
+            }
+        }
         let child = cmd.spawn().expect("start kata-agent");
         let mut agent = TestAgent {
             dir,

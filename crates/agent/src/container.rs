@@ -276,11 +276,21 @@ impl Containers {
             stderr: child.stderr,
         };
         let cid = id.clone();
-        let container =
+        let mut container =
             tokio::task::spawn_blocking(move || engine::Container::create(&cfg, &cid, spec, stdio))
                 .await
                 .map_err(|e| AgentError::internal(format!("container creation task failed: {e}")))?
                 .map_err(AgentError::from)?;
+        // A terminal init: the pty master its setup opened inside the container.
+        let parent = match io::attach_console(parent, container.take_console()) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ =
+                    tokio::task::spawn_blocking(move || container.destroy(Duration::from_secs(10)))
+                        .await;
+                return Err(e);
+            }
+        };
 
         let pid = container.init_pid();
         let exit = container.init_exit();
@@ -449,7 +459,17 @@ impl Containers {
             stdout: child.stdout,
             stderr: child.stderr,
         };
-        let (pid, exit) = c.with_engine(move |e| e.exec(&process, stdio)).await?;
+        let (pid, exit, console) = c.with_engine(move |e| e.exec(&process, stdio)).await?;
+        let parent = match io::attach_console(parent, console) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(e);
+            }
+        };
         let entry = Arc::new(ProcessEntry::new(
             exec_id.to_string(),
             pid,

@@ -51,35 +51,25 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
 }
 
-/// Creates the stdio of a process: three pipes, or a pty for a terminal process.
+/// Creates the stdio of a process: three pipes, or nothing yet for a terminal process.
 ///
+/// A terminal process opens its pty inside the container (its own devpts) and the engine hands
+/// the master back once the process exists: [`attach_console`] then turns it into the streams.
 /// `pipe_size` (> 0) resizes the stdout and stderr pipes, as `agent.container_pipe_size` asks.
 pub fn create_stdio(terminal: bool, pipe_size: i32) -> Result<(ParentStdio, ChildStdio)> {
     let io_err =
         |what: &str, e: io::Error| AgentError::internal(format!("cannot create {what}: {e}"));
     if terminal {
-        let pty = nix::pty::openpty(None, None).map_err(|e| io_err("a pty", e.into()))?;
-        let master = pty.master;
-        set_cloexec(&master).map_err(|e| io_err("a pty", e))?;
-        set_nonblocking(&master).map_err(|e| io_err("a pty", e))?;
-        let slave = pty.slave;
-        set_cloexec(&slave).map_err(|e| io_err("a pty", e))?;
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| io_err("a pty", e));
-        let child = ChildStdio {
-            stdin: Some(dup(&slave)?),
-            stdout: Some(dup(&slave)?),
-            stderr: Some(slave),
-        };
-        // The writer gets its own descriptor: one fd cannot be registered with
-        // the reactor twice.
-        let writer_fd = Arc::new(dup(&master)?);
-        let master = Arc::new(master);
-        let reader = Arc::new(StreamReader::new(master.clone(), true)?);
         let parent = ParentStdio {
-            stdin: Some(Arc::new(StreamWriter::new(writer_fd)?)),
-            stdout: Some(reader.clone()),
-            stderr: Some(reader),
-            pty: Some(master),
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            pty: None,
+        };
+        let child = ChildStdio {
+            stdin: None,
+            stdout: None,
+            stderr: None,
         };
         return Ok((parent, child));
     }
@@ -110,6 +100,33 @@ pub fn create_stdio(terminal: bool, pipe_size: i32) -> Result<(ParentStdio, Chil
         stderr: Some(err_w),
     };
     Ok((parent, child))
+}
+
+/// The stdio of a process once the engine has started it: with a pty master (a terminal
+/// process) the streams read and write the master; without, `parent` as it was.
+pub fn attach_console(parent: ParentStdio, master: Option<OwnedFd>) -> Result<ParentStdio> {
+    match master {
+        Some(master) => pty_stdio(master),
+        None => Ok(parent),
+    }
+}
+
+/// Streams over a pty master: stdout and stderr read it (a terminal has one output stream),
+/// stdin writes it.
+fn pty_stdio(master: OwnedFd) -> Result<ParentStdio> {
+    let err = |e: io::Error| AgentError::internal(format!("cannot use the terminal: {e}"));
+    set_cloexec(&master).map_err(err)?;
+    set_nonblocking(&master).map_err(err)?;
+    // The writer gets its own descriptor: one fd cannot be registered with the reactor twice.
+    let writer_fd = Arc::new(master.try_clone().map_err(err)?);
+    let master = Arc::new(master);
+    let reader = Arc::new(StreamReader::new(master.clone(), true)?);
+    Ok(ParentStdio {
+        stdin: Some(Arc::new(StreamWriter::new(writer_fd)?)),
+        stdout: Some(reader.clone()),
+        stderr: Some(reader),
+        pty: Some(master),
+    })
 }
 
 fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
@@ -394,8 +411,12 @@ mod tests {
 
     #[tokio::test]
     async fn pty_reads_and_resizes() {
-        let (parent, child) = create_stdio(true, 0).unwrap();
-        let slave = child.stdout.unwrap();
+        let (empty, child) = create_stdio(true, 0).unwrap();
+        assert!(empty.stdin.is_none() && empty.pty.is_none());
+        assert!(child.stdin.is_none() && child.stdout.is_none() && child.stderr.is_none());
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let parent = attach_console(empty, Some(pty.master)).unwrap();
+        let slave = pty.slave;
         nix::unistd::write(&slave, b"tty!").unwrap();
         let data = parent
             .stdout
@@ -406,9 +427,14 @@ mod tests {
             .unwrap();
         assert!(String::from_utf8_lossy(&data).contains("tty!"));
         resize_pty(parent.pty.as_ref().unwrap(), 40, 120).unwrap();
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ writes a winsize through the valid pointer.
+        assert_eq!(
+            unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) },
+            0
+        );
+        assert_eq!((ws.ws_row, ws.ws_col), (40, 120));
         drop(slave);
-        drop(child.stdin);
-        drop(child.stderr);
         assert!(parent
             .stdout
             .unwrap()

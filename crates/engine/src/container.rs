@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -24,6 +24,9 @@ use crate::{EngineConfig, Error, Result, Stdio};
 const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a failed setup waits for its processes to die before cleaning up.
 const ROLLBACK_WAIT: Duration = Duration::from_secs(5);
+/// How long the engine waits for the pty master once the container process said it is ready
+/// (it was sent before, so it is normally there at once).
+const CONSOLE_WAIT: Duration = Duration::from_secs(5);
 
 /// Life-cycle state of a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,8 @@ pub struct Container {
     cgroup: Cgroup,
     init_pid: i32,
     init_exit: ExitWatch,
+    /// The pty master of a terminal init, until the caller takes it.
+    console: Option<OwnedFd>,
     /// Pinned namespaces of the init that differ from the engine's own.
     namespaces: Vec<(LinuxNamespaceType, File)>,
     started: bool,
@@ -207,7 +212,7 @@ impl Container {
 
         let result = Self::create_inner(cfg, id, &mut spec, stdio, &bundle, &mut undo);
         match result {
-            Ok((init_pid, init_exit, namespaces, cgroup)) => Ok(Container {
+            Ok((init_pid, init_exit, console, namespaces, cgroup)) => Ok(Container {
                 id: id.to_string(),
                 spec,
                 bundle,
@@ -216,6 +221,7 @@ impl Container {
                 cgroup,
                 init_pid,
                 init_exit,
+                console,
                 namespaces,
                 started: false,
                 paused: false,
@@ -237,7 +243,13 @@ impl Container {
         stdio: Stdio,
         bundle: &Path,
         undo: &mut Undo,
-    ) -> Result<(i32, ExitWatch, Vec<(LinuxNamespaceType, File)>, Cgroup)> {
+    ) -> Result<(
+        i32,
+        ExitWatch,
+        Option<OwnedFd>,
+        Vec<(LinuxNamespaceType, File)>,
+        Cgroup,
+    )> {
         // Root: the bundle's rootfs, bind-mounted from root.path unless
         // something (a storage) is already there.
         let bundle_rootfs = bundle.join("rootfs");
@@ -310,7 +322,7 @@ impl Container {
             namespaces,
             no_pivot: cfg.no_pivot_root,
         };
-        let (pid, exit) = spawn(
+        let (pid, exit, console) = spawn(
             &cfg.init_exe,
             &cfg.init_args,
             &setup,
@@ -327,7 +339,7 @@ impl Container {
                 return Err(e);
             }
         };
-        Ok((pid, exit, pinned, cg))
+        Ok((pid, exit, console, pinned, cg))
     }
 
     /// Container id.
@@ -358,6 +370,12 @@ impl Container {
     /// Exit of the init process.
     pub fn init_exit(&self) -> ExitWatch {
         self.init_exit.clone()
+    }
+
+    /// The pty master of a terminal init (close-on-exec, non-blocking), once: the caller owns
+    /// it from then on. `None` for an init without a terminal.
+    pub fn take_console(&mut self) -> Option<OwnedFd> {
+        self.console.take()
     }
 
     /// Current state: destroyed or init exited → Stopped; frozen → Paused;
@@ -440,8 +458,14 @@ impl Container {
 
     /// Runs another process in the container (all its namespaces, its cgroup).
     /// Returns once the process is about to exec; a setup failure (e.g. the
-    /// binary does not exist) is an error of this call.
-    pub fn exec(&self, process: &Process, stdio: Stdio) -> Result<(i32, ExitWatch)> {
+    /// binary does not exist) is an error of this call. Returns the pid, the
+    /// exit and, for a terminal process, its pty master (close-on-exec,
+    /// non-blocking; the caller owns it).
+    pub fn exec(
+        &self,
+        process: &Process,
+        stdio: Stdio,
+    ) -> Result<(i32, ExitWatch, Option<OwnedFd>)> {
         self.check_alive()?;
         if self.paused {
             // The setup process would be frozen as soon as it joined the cgroup.
@@ -720,13 +744,36 @@ fn spawn(
     cgroup: &Cgroup,
     spec: &Spec,
     bundle: &Path,
-) -> Result<(i32, ExitWatch)> {
+) -> Result<(i32, ExitWatch, Option<OwnedFd>)> {
     reaper::start();
     let (mut parent, child) = UnixStream::pair().map_err(other)?;
     // Keep the child's end away from fds 0-2, which Command rewires first.
     let child_fd = nix::fcntl::fcntl(child.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
         .map_err(other)?;
     drop(child);
+    // A terminal process sends its pty master back on a socket of its own (fd 4).
+    let terminal = setup.process.terminal().unwrap_or(false);
+    let mut console: Option<(OwnedFd, i32)> = None;
+    if terminal {
+        let pair = crate::console::socket_pair()
+            .and_then(|(ours, theirs)| {
+                let fd = nix::fcntl::fcntl(
+                    theirs.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10),
+                )?;
+                Ok((ours, fd))
+            })
+            .map_err(|e| other(format!("cannot create the console socket: {e}")));
+        match pair {
+            Ok(p) => console = Some(p),
+            Err(e) => {
+                // SAFETY: child_fd is our duplicate, used by nobody else.
+                unsafe { libc::close(child_fd) };
+                return Err(e);
+            }
+        }
+    }
+    let console_child_fd = console.as_ref().map(|c| c.1).unwrap_or(-1);
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .env_clear()
@@ -734,10 +781,20 @@ fn spawn(
         .stdin(to_stdio(stdio.stdin))
         .stdout(to_stdio(stdio.stdout))
         .stderr(to_stdio(stdio.stderr));
+    if terminal {
+        cmd.env(
+            crate::console::CONSOLE_FD_ENV,
+            crate::console::CONSOLE_FD.to_string(),
+        );
+    }
     // SAFETY: the closure only calls dup2, which is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(child_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if console_child_fd >= 0 && libc::dup2(console_child_fd, crate::console::CONSOLE_FD) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -752,6 +809,11 @@ fn spawn(
     };
     // SAFETY: child_fd is our duplicate, used by nobody else.
     unsafe { libc::close(child_fd) };
+    let console = console.map(|(ours, theirs)| {
+        // SAFETY: as for child_fd: only the setup process needed this duplicate.
+        unsafe { libc::close(theirs) };
+        ours
+    });
     drop(cmd);
     let (mid_pid, mid_exit) =
         spawned.map_err(|e| other(format!("cannot start {}: {e}", exe.display())))?;
@@ -765,10 +827,17 @@ fn spawn(
         spec,
         bundle,
         &mut grandchild,
-    );
+    )
+    .and_then(|()| match &console {
+        // Sent before "ready": already queued, or the container process is gone.
+        Some(sock) => crate::console::recv_master(sock.as_fd(), CONSOLE_WAIT)
+            .map(Some)
+            .map_err(|e| other(format!("cannot receive the terminal: {e}"))),
+        None => Ok(None),
+    });
     match result {
-        Ok(()) => match grandchild {
-            Some(g) => Ok(g),
+        Ok(master) => match grandchild {
+            Some((pid, exit)) => Ok((pid, exit, master)),
             None => Err(other(
                 "the setup process never reported the container process",
             )),

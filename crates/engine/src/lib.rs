@@ -10,6 +10,7 @@
 
 pub mod cgroups;
 pub mod child;
+mod console;
 mod container;
 pub mod fsutil;
 mod hooks;
@@ -88,7 +89,10 @@ impl Default for EngineConfig {
 }
 
 /// Child-side standard streams of a container process. `None` means `/dev/null`.
-/// For a terminal process pass the pty slave (duplicated) in all three.
+///
+/// A terminal process (`process.terminal`) gets none of these: its pty is opened inside the
+/// container and the engine hands back the master ([`Container::take_console`] for the init,
+/// the third value of [`Container::exec`] for another process); pass `Stdio::default()`.
 #[derive(Debug, Default)]
 pub struct Stdio {
     /// Becomes fd 0.

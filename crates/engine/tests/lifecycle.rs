@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -232,7 +233,7 @@ fn test_exec_and_kill(env: &Env) -> Result<()> {
     p.user_mut().set_uid(1000);
     p.user_mut().set_gid(1000);
     let (stdio, out, _) = captured();
-    let (_pid, exit) = g.c().exec(&p, stdio)?;
+    let (_pid, exit, _) = g.c().exec(&p, stdio)?;
     ensure!(exit.wait_timeout(Duration::from_secs(10)) == Some(0));
     let out = read_all(out);
     let lines: Vec<&str> = out.lines().collect();
@@ -273,26 +274,9 @@ fn test_sigterm_to_init_without_handler(env: &Env) -> Result<()> {
     Ok(())
 }
 
-fn test_tty(env: &Env) -> Result<()> {
-    let pty = nix::pty::openpty(None, None)?;
-    let slave = pty.slave;
-    let stdio = Stdio {
-        stdin: Some(slave.try_clone()?),
-        stdout: Some(slave.try_clone()?),
-        stderr: Some(slave),
-    };
-    let mut spec = env.spec(&[
-        "sh",
-        "-c",
-        "test -t 0 && echo is-a-tty; echo via-dev-tty > /dev/tty",
-    ]);
-    let mut p = spec.process().clone().unwrap();
-    p.set_terminal(Some(true));
-    spec.set_process(Some(p));
-    let mut g = create(env, "c-tty", spec, stdio)?;
-    g.c().start()?;
-    ensure!(wait(g.c())? == 0);
-    let mut f = std::fs::File::from(pty.master);
+/// Everything a pty master yields until the last slave is gone (EIO).
+fn read_pty(master: OwnedFd) -> String {
+    let mut f = std::fs::File::from(master);
     let mut buf = vec![0u8; 4096];
     let mut out = String::new();
     // Reading the master after the slave is closed ends with EIO.
@@ -302,10 +286,80 @@ fn test_tty(env: &Env) -> Result<()> {
         }
         out.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+    out
+}
+
+fn test_tty(env: &Env) -> Result<()> {
+    let script = "test -t 0 && echo is-a-tty; echo via-dev-tty > /dev/tty; tty; stty size";
+    let mut spec = env.spec(&["sh", "-c", script]);
+    let mut p = spec.process().clone().unwrap();
+    p.set_terminal(Some(true));
+    p.set_console_size(Some(
+        oci_spec::runtime::BoxBuilder::default()
+            .height(21u64)
+            .width(97u64)
+            .build()?,
+    ));
+    spec.set_process(Some(p.clone()));
+    let mut g = create(env, "c-tty", spec, Stdio::default())?;
+    let master = g
+        .c()
+        .take_console()
+        .context("no pty master for a terminal init")?;
+    ensure!(
+        g.c().take_console().is_none(),
+        "the master is handed out once"
+    );
+    let flags = nix::fcntl::fcntl(master.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD)?;
+    ensure!(
+        flags & libc::FD_CLOEXEC != 0,
+        "the master must be close-on-exec"
+    );
+    // The pty belongs to the container's own devpts instance, not the host's.
+    let host_pts = std::fs::metadata("/dev/pts")?.dev();
+    let ours = std::fs::metadata(format!("/proc/{}/fd/0", g.c().init_pid()))?;
+    ensure!(
+        ours.dev() != host_pts,
+        "the pty comes from the host's devpts"
+    );
+    g.c().start()?;
+    ensure!(wait(g.c())? == 0);
+    let out = read_pty(master);
     ensure!(
         out.contains("is-a-tty") && out.contains("via-dev-tty"),
         "tty output {out:?}"
     );
+    // A new devpts instance: the first pty is number 0.
+    ensure!(out.contains("/dev/pts/0"), "tty output {out:?}");
+    ensure!(out.contains("21 97"), "tty output {out:?}");
+
+    // A terminal exec gets a pty of the container too, with its own initial size.
+    let mut g = create(
+        env,
+        "c-tty2",
+        env.spec(&["sleep", "1000"]),
+        Stdio::default(),
+    )?;
+    ensure!(g.c().take_console().is_none());
+    g.c().start()?;
+    let mut p = p.clone();
+    p.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "tty; stty size".into(),
+    ]));
+    p.set_console_size(Some(
+        oci_spec::runtime::BoxBuilder::default()
+            .height(5u64)
+            .width(6u64)
+            .build()?,
+    ));
+    let (_, exit, master) = g.c().exec(&p, Stdio::default())?;
+    let master = master.context("no pty master for a terminal exec")?;
+    ensure!(exit.wait_timeout(Duration::from_secs(20)) == Some(0));
+    let out = read_pty(master);
+    ensure!(out.contains("/dev/pts/0"), "exec tty output {out:?}");
+    ensure!(out.contains("5 6"), "exec tty output {out:?}");
     Ok(())
 }
 
@@ -421,7 +475,7 @@ fn test_duplicate_id(env: &Env) -> Result<()> {
     let mut p = Process::default();
     p.set_args(Some(vec!["true".into()]));
     p.set_env(Some(vec!["PATH=/bin".into()]));
-    let (_, exit) = g.c().exec(&p, Stdio::default())?;
+    let (_, exit, _) = g.c().exec(&p, Stdio::default())?;
     ensure!(exit.wait_timeout(Duration::from_secs(10)) == Some(0));
     Ok(())
 }
@@ -647,7 +701,7 @@ fn test_destroy_leaves_nothing(env: &Env) -> Result<()> {
     let mut p = Process::default();
     p.set_args(Some(vec!["sleep".into(), "1000".into()]));
     p.set_env(Some(vec!["PATH=/bin".into()]));
-    let (exec_pid, exec_exit) = g.c().exec(&p, Stdio::default())?;
+    let (exec_pid, exec_exit, _) = g.c().exec(&p, Stdio::default())?;
     std::thread::sleep(Duration::from_millis(200));
     let pids = std::fs::read_to_string(cgroup_dir(&spec).join("cgroup.procs"))?;
     ensure!(pids.lines().count() >= 4, "expected 4 processes: {pids:?}");
@@ -787,7 +841,7 @@ fn test_user_namespace(env: &Env) -> Result<()> {
     ]));
     p.set_env(Some(vec!["PATH=/bin".into()]));
     let (estdio, eout, _) = captured();
-    let (_, exit) = g.c().exec(&p, estdio)?;
+    let (_, exit, _) = g.c().exec(&p, estdio)?;
     ensure!(exit.wait_timeout(Duration::from_secs(10)) == Some(0));
     let eout = read_all(eout);
     ensure!(

@@ -51,6 +51,13 @@ pub fn run() -> ! {
     };
     // SAFETY: the engine passes the sync socket at this fd; we own it from here.
     let mut sock = unsafe { UnixStream::from_raw_fd(fd) };
+    // The console socket of a terminal process (see crate::console); owned from here too.
+    let console = std::env::var(crate::console::CONSOLE_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|fd| *fd > 2 && *fd != sock.as_raw_fd())
+        // SAFETY: the engine passes the console socket at this fd and nothing else uses it.
+        .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
     let setup = match recv::<ToChild>(&mut sock) {
         Ok(Some(ToChild::Setup(s))) => *s,
         _ => exit(1),
@@ -60,7 +67,7 @@ pub fn run() -> ! {
         Ok(None) => exit(0),
         Err(e) => fail(&mut sock, e),
     };
-    let exec = match stage2(&mut sock, &setup, &cgroups) {
+    let exec = match stage2(&mut sock, &setup, &cgroups, console) {
         Ok(x) => x,
         Err(e) => fail(&mut sock, e),
     };
@@ -284,7 +291,12 @@ fn die(msg: &str) -> ! {
 }
 
 /// The container process: rootfs, hooks, identity, security, then ready.
-fn stage2(sock: &mut UnixStream, setup: &Setup, cgroups: &[rootfs::CgroupDir]) -> Result<Exec> {
+fn stage2(
+    sock: &mut UnixStream,
+    setup: &Setup,
+    cgroups: &[rootfs::CgroupDir],
+    console: Option<std::os::fd::OwnedFd>,
+) -> Result<Exec> {
     expect_ok(sock)?;
     let spec = &setup.spec;
     let p = &setup.process;
@@ -368,6 +380,13 @@ fn stage2(sock: &mut UnixStream, setup: &Setup, cgroups: &[rootfs::CgroupDir]) -
         }
     }
 
+    if p.terminal().unwrap_or(false) {
+        // The pty comes from this root's /dev/ptmx (the container's devpts), not the engine's.
+        let console =
+            console.ok_or_else(|| anyhow!("a terminal process needs a console socket"))?;
+        let size = p.console_size().as_ref().map(|b| (b.height(), b.width()));
+        crate::console::attach_in_child(console, size).context("cannot set up the terminal")?;
+    }
     nix::unistd::setsid().context("cannot create a session")?;
     if p.terminal().unwrap_or(false) {
         // SAFETY: ioctl on fd 0 with an integer argument.

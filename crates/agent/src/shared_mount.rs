@@ -357,7 +357,7 @@ mod tests {
             sm("a", "/x\0", "/y"),
         ] {
             assert_eq!(
-                validate(&[bad.clone()]).unwrap_err().code,
+                validate(std::slice::from_ref(&bad)).unwrap_err().code,
                 ttrpc::Code::INVALID_ARGUMENT,
                 "{bad:?}"
             );

@@ -570,4 +570,30 @@ mod tests {
         assert_eq!(env[2], "OTHER=0000:3b:00.0");
         assert!(is_bdf("3b:00.0") && !is_bdf("3b:00") && !is_bdf("zz:00.0"));
     }
+
+    #[test]
+    fn pci_maps_and_exec_env() {
+        let maps = PciMaps::default();
+        maps.set("c1", vec![("0000:3b:00.0".into(), "0000:01:02.0".into())]);
+        let mut p: Process = serde_json::from_value(serde_json::json!({
+            "cwd": "/", "args": ["sh"], "user": {"uid": 0, "gid": 0},
+            "env": ["PCIDEVICE_X=0000:3b:00.0", "NOEQUALS", "PCIDEVICE_X_INFO=0000:3b:00.0"]
+        }))
+        .unwrap();
+        rewrite_process_env(&mut p, &maps.get("c1").unwrap());
+        assert_eq!(
+            p.env().as_ref().unwrap(),
+            &[
+                "PCIDEVICE_X=0000:01:02.0",
+                "NOEQUALS",
+                "PCIDEVICE_X_INFO=0000:01:02.0"
+            ]
+        );
+        assert!(maps.get("c2").is_none());
+        maps.set("c1", PciMap::new());
+        assert!(maps.get("c1").is_none());
+        maps.set("c1", vec![("a".into(), "b".into())]);
+        maps.forget("c1");
+        assert!(maps.get("c1").is_none());
+    }
 }

@@ -84,6 +84,8 @@ pub struct AgentConfig {
     pub tracing: bool,
     /// `agent.visible_cdi_devices`: make CDI devices visible to containers.
     pub visible_cdi_devices: bool,
+    /// CDI spec directories, lowest precedence first (`KATA_AGENT_CDI_SPEC_DIRS`, `:`-separated).
+    pub cdi_spec_dirs: Vec<PathBuf>,
     /// `agent.https_proxy`: validated, unused by the agent itself.
     pub https_proxy: String,
     /// `agent.no_proxy`: unused by the agent itself.
@@ -130,6 +132,7 @@ impl Default for AgentConfig {
             cgroup_no_v1: String::new(),
             tracing: false,
             visible_cdi_devices: false,
+            cdi_spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
             https_proxy: String::new(),
             no_proxy: String::new(),
             run_dir: PathBuf::from(DEFAULT_RUN_DIR),
@@ -408,6 +411,17 @@ impl Builder {
                 ));
                 false
             });
+        }
+        // CDI spec directories: absolute paths separated by ':' (tests use their own).
+        if let Some(dirs) = env("KATA_AGENT_CDI_SPEC_DIRS").filter(|v| !v.is_empty()) {
+            let dirs: Vec<PathBuf> = dirs.split(':').map(PathBuf::from).collect();
+            if let Some(bad) = dirs.iter().find(|d| !d.is_absolute()) {
+                bail!(
+                    "KATA_AGENT_CDI_SPEC_DIRS: {} is not an absolute path",
+                    bad.display()
+                );
+            }
+            self.cfg.cdi_spec_dirs = dirs;
         }
         let cfg = &mut self.cfg;
         let overrides: [(&str, &mut PathBuf, Option<&mut bool>); 7] = [

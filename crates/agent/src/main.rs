@@ -21,6 +21,7 @@ mod oci;
 mod rpc;
 mod sandbox;
 mod server;
+mod shared_mount;
 mod storage;
 mod telemetry;
 mod version;

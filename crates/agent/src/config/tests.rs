@@ -414,6 +414,27 @@ fn env_invalid_values() {
 }
 
 #[test]
+fn cdi_spec_dirs_env() {
+    let c = load_with(
+        &[],
+        Some(""),
+        &[("KATA_AGENT_CDI_SPEC_DIRS", "/a:/b/c")],
+        &[],
+    );
+    assert_eq!(
+        c.unwrap().0.cdi_spec_dirs,
+        [Path::new("/a"), Path::new("/b/c")]
+    );
+    assert!(load_with(
+        &[],
+        Some(""),
+        &[("KATA_AGENT_CDI_SPEC_DIRS", "/a:rel")],
+        &[]
+    )
+    .is_err());
+}
+
+#[test]
 fn env_path_overrides() {
     let env = [
         ("KATA_AGENT_RUN_DIR", "/tmp/run"),
@@ -598,6 +619,7 @@ fn toml_every_key() {
         cgroup_no_v1: String::new(),
         tracing: true,
         visible_cdi_devices: true,
+        cdi_spec_dirs: AgentConfig::default().cdi_spec_dirs,
         https_proxy: "http://p:1/".into(),
         no_proxy: "localhost".into(),
         run_dir: "/r".into(),

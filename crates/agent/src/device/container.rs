@@ -5,11 +5,12 @@
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
 use oci_spec::runtime::{
     LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxResources, Spec,
+    LinuxResources, Process, Spec,
 };
 use protocols::agent::Device;
 
@@ -19,6 +20,30 @@ use crate::error::{AgentError, Result};
 
 /// Host BDF → guest BDF of the PCI devices passed to a container.
 pub type PciMap = Vec<(String, String)>;
+
+/// The PCI maps of the containers, by container id: CreateContainer records a container's map,
+/// ExecProcess rewrites the environment of new processes with it, RemoveContainer forgets it.
+#[derive(Default)]
+pub struct PciMaps(StdMutex<HashMap<String, PciMap>>);
+
+impl PciMaps {
+    pub fn set(&self, cid: &str, map: PciMap) {
+        let mut maps = self.0.lock().unwrap();
+        if map.is_empty() {
+            maps.remove(cid);
+        } else {
+            maps.insert(cid.to_string(), map);
+        }
+    }
+
+    pub fn get(&self, cid: &str) -> Option<PciMap> {
+        self.0.lock().unwrap().get(cid).cloned()
+    }
+
+    pub fn forget(&self, cid: &str) {
+        self.0.lock().unwrap().remove(cid);
+    }
+}
 
 /// A spec device whose numbers (and maybe path) change to those of the guest device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,19 +287,28 @@ fn is_bdf(s: &str) -> bool {
             .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// Rewrites `PCIDEVICE_*` variables (lists of host BDFs) to guest BDFs, and the matching
-/// `*_INFO` variables by text substitution.
+/// Rewrites `PCIDEVICE_*` variables (lists of host BDFs) of the spec's process to guest BDFs, and
+/// the matching `*_INFO` variables by text substitution.
 pub fn rewrite_pci_env(spec: &mut Spec, map: &PciMap) {
+    if let Some(process) = spec.process_mut().as_mut() {
+        rewrite_process_env(process, map);
+    }
+}
+
+/// [`rewrite_pci_env`] for one process (ExecProcess).
+pub fn rewrite_process_env(process: &mut Process, map: &PciMap) {
     if map.is_empty() {
         return;
     }
-    let lookup: HashMap<&str, &str> = map.iter().map(|(h, g)| (h.as_str(), g.as_str())).collect();
-    let Some(process) = spec.process_mut().as_mut() else {
-        return;
-    };
     let Some(mut env) = process.env().clone() else {
         return;
     };
+    rewrite_env(&mut env, map);
+    process.set_env(Some(env));
+}
+
+fn rewrite_env(env: &mut [String], map: &PciMap) {
+    let lookup: HashMap<&str, &str> = map.iter().map(|(h, g)| (h.as_str(), g.as_str())).collect();
     let mut info_subst: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for var in env.iter_mut() {
         let Some((name, value)) = var.split_once('=') else {
@@ -315,7 +349,6 @@ pub fn rewrite_pci_env(spec: &mut Spec, map: &PciMap) {
             *var = format!("{name}={v}");
         }
     }
-    process.set_env(Some(env));
 }
 
 fn write_sysfs(path: &Path, value: &str) -> Result<()> {
@@ -536,5 +569,31 @@ mod tests {
         assert_eq!(env[1], "PCIDEVICE_X_INFO={\"0000:01:02.0\":{}}");
         assert_eq!(env[2], "OTHER=0000:3b:00.0");
         assert!(is_bdf("3b:00.0") && !is_bdf("3b:00") && !is_bdf("zz:00.0"));
+    }
+
+    #[test]
+    fn pci_maps_and_exec_env() {
+        let maps = PciMaps::default();
+        maps.set("c1", vec![("0000:3b:00.0".into(), "0000:01:02.0".into())]);
+        let mut p: Process = serde_json::from_value(serde_json::json!({
+            "cwd": "/", "args": ["sh"], "user": {"uid": 0, "gid": 0},
+            "env": ["PCIDEVICE_X=0000:3b:00.0", "NOEQUALS", "PCIDEVICE_X_INFO=0000:3b:00.0"]
+        }))
+        .unwrap();
+        rewrite_process_env(&mut p, &maps.get("c1").unwrap());
+        assert_eq!(
+            p.env().as_ref().unwrap(),
+            &[
+                "PCIDEVICE_X=0000:01:02.0",
+                "NOEQUALS",
+                "PCIDEVICE_X_INFO=0000:01:02.0"
+            ]
+        );
+        assert!(maps.get("c2").is_none());
+        maps.set("c1", PciMap::new());
+        assert!(maps.get("c1").is_none());
+        maps.set("c1", vec![("a".into(), "b".into())]);
+        maps.forget("c1");
+        assert!(maps.get("c1").is_none());
     }
 }

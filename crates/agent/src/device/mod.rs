@@ -10,6 +10,7 @@
 //! drive the same code on a synthetic sysfs tree. When a device's node is missing below the /dev
 //! root (no devtmpfs), it is created from the MAJOR/MINOR of its event.
 
+pub mod cdi;
 pub mod container;
 pub mod pci;
 pub mod uevent;
@@ -156,6 +157,8 @@ struct Shared {
     sysfs: PathBuf,
     dev: PathBuf,
     state: StdMutex<State>,
+    /// Host → guest PCI addresses of each container's devices (for ExecProcess).
+    pci_maps: container::PciMaps,
 }
 
 /// The device registry of the agent.
@@ -184,6 +187,7 @@ impl Devices {
                 sysfs: sysfs.to_path_buf(),
                 dev: dev.to_path_buf(),
                 state: StdMutex::new(State::default()),
+                pci_maps: container::PciMaps::default(),
             }),
         }
     }
@@ -194,6 +198,11 @@ impl Devices {
 
     pub fn dev_root(&self) -> &Path {
         &self.shared.dev
+    }
+
+    /// The PCI address maps of the containers' devices.
+    pub fn pci_maps(&self) -> &container::PciMaps {
+        &self.shared.pci_maps
     }
 
     /// Starts the uevent listener thread.

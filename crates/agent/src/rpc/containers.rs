@@ -1,5 +1,6 @@
 //! Container life-cycle RPCs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::well_known_types::empty::Empty;
@@ -13,26 +14,30 @@ use protocols::agent::{
 
 use crate::container::CreateParams;
 use crate::error::{AgentError, Result};
-use crate::oci;
 use crate::sandbox::Agent;
+use crate::{device, oci};
 
 /// Annotation naming the file Kubernetes reads a container's termination message from.
 const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
 
-pub async fn create_container(agent: &Agent, req: CreateContainerRequest) -> Result<Empty> {
-    if !req.shared_mounts.is_empty() {
-        return Err(AgentError::unimplemented(
-            "shared_mounts are not supported yet",
-        ));
-    }
+pub async fn create_container(agent: &Arc<Agent>, req: CreateContainerRequest) -> Result<Empty> {
+    crate::shared_mount::validate(&req.shared_mounts)?;
     let proto_spec = req
         .OCI
         .as_ref()
         .ok_or_else(|| AgentError::invalid_argument("the request has no OCI spec"))?;
     let mut spec = oci::spec_from_proto(proto_spec)?;
+    // CDI devices (device/cdi): only the spec changes, so nothing needs undoing afterwards.
+    device::cdi::inject(
+        &mut spec,
+        &agent.config.cdi_spec_dirs,
+        agent.config.cdi_timeout,
+        agent.config.visible_cdi_devices,
+    )
+    .await?;
     // Devices and storages (storage.rs): everything is checked before anything is waited for or
     // mounted, and the storages are released again if the container cannot be created.
-    let added = super::storage::prepare_container(agent, &req, &mut spec).await?;
+    let (added, pcimap) = super::storage::prepare_container(agent, &req, &mut spec).await?;
     let created = agent
         .containers
         .create(
@@ -47,6 +52,27 @@ pub async fn create_container(agent: &Agent, req: CreateContainerRequest) -> Res
     if let Err(e) = created {
         super::storage::rollback_container(agent, &req.container_id, &added).await;
         return Err(e);
+    }
+    // Kept for ExecProcess; forgotten by RemoveContainer.
+    agent.devices.pci_maps().set(&req.container_id, pcimap);
+    if !req.shared_mounts.is_empty() {
+        // Runs to its end (or rollback) even if the request is cancelled meanwhile.
+        let agent = agent.clone();
+        let task = tokio::spawn(async move {
+            let cid = req.container_id.clone();
+            let result = crate::shared_mount::setup(&agent, &cid, &req.shared_mounts).await;
+            if result.is_err() {
+                if let Err(e) = agent.containers.remove(&cid, Duration::ZERO).await {
+                    tracing::warn!(subsystem = "container", container_id = %cid, error = %e, "cannot remove the container after its shared mounts failed");
+                } else {
+                    agent.devices.pci_maps().forget(&cid);
+                    super::storage::rollback_container(&agent, &cid, &added).await;
+                }
+            }
+            result
+        });
+        task.await
+            .map_err(|e| AgentError::internal(format!("shared-mount task failed: {e}")))??;
     }
     Ok(Empty::new())
 }
@@ -64,6 +90,7 @@ pub async fn remove_container(agent: &Agent, req: RemoveContainerRequest) -> Res
             Duration::from_secs(u64::from(req.timeout)),
         )
         .await?;
+    agent.devices.pci_maps().forget(&req.container_id);
     super::storage::release_container(agent, &req.container_id).await;
     Ok(Empty::new())
 }
@@ -73,7 +100,11 @@ pub async fn exec_process(agent: &Agent, req: ExecProcessRequest) -> Result<Empt
         .process
         .as_ref()
         .ok_or_else(|| AgentError::invalid_argument("the request has no process"))?;
-    let process = oci::process_from_proto(process)?;
+    let mut process = oci::process_from_proto(process)?;
+    // Host PCI addresses in PCIDEVICE_* variables become the guest's, as for the container.
+    if let Some(map) = agent.devices.pci_maps().get(&req.container_id) {
+        device::container::rewrite_process_env(&mut process, &map);
+    }
     agent
         .containers
         .exec(agent, &req.container_id, &req.exec_id, process)

@@ -32,14 +32,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 /// CreateContainer, before the container is built: checks the devices and storages, waits for
 /// the devices and rewrites the spec for them, then sets the storages up. Returns the storages
-/// taken (for [`rollback_container`]).
+/// taken (for [`rollback_container`]) and the PCI address map of the devices.
 pub async fn prepare_container(
     agent: &Agent,
     req: &CreateContainerRequest,
     spec: &mut Spec,
-) -> Result<Vec<PathBuf>> {
+) -> Result<(Vec<PathBuf>, device::container::PciMap)> {
     if req.storages.is_empty() && req.devices.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     }
     engine::validate_container_id(&req.container_id).map_err(AgentError::from)?;
     if agent.containers.get(&req.container_id).is_some() {
@@ -50,8 +50,9 @@ pub async fn prepare_container(
     }
     agent.storages.check(&req.storages)?;
     device::container::validate(&req.devices)?;
+    let mut pcimap = device::container::PciMap::new();
     if !req.devices.is_empty() {
-        device::container::apply(
+        pcimap = device::container::apply(
             &agent.devices,
             agent.config.hotplug_timeout,
             &req.devices,
@@ -60,10 +61,11 @@ pub async fn prepare_container(
         .await?;
     }
     let owner = Owner::Container(req.container_id.clone());
-    agent
+    let added = agent
         .storages
         .add(&add_context(agent), &owner, &req.storages)
-        .await
+        .await?;
+    Ok((added, pcimap))
 }
 
 /// CreateContainer failed after [`prepare_container`]: give back what it took.

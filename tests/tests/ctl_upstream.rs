@@ -67,7 +67,10 @@ fn upstream_copy_file_forms() {
     let src = host.path().join("tmp.empty");
     std::fs::write(&src, b"").unwrap();
     let dest = shared(&agent).join("foo");
-    ok(&run_agent_ctl(&agent, &copy_cmd(&src, &dest)), "copy a file");
+    ok(
+        &run_agent_ctl(&agent, &copy_cmd(&src, &dest)),
+        "copy a file",
+    );
     let meta = std::fs::symlink_metadata(&dest).unwrap();
     assert!(meta.is_file());
     assert_eq!(meta.len(), 0);
@@ -89,7 +92,10 @@ fn upstream_copy_file_forms() {
     let link = host.path().join("link");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let dest = shared(&agent).join("link");
-    ok(&run_agent_ctl(&agent, &copy_cmd(&link, &dest)), "copy a symlink");
+    ok(
+        &run_agent_ctl(&agent, &copy_cmd(&link, &dest)),
+        "copy a symlink",
+    );
     assert!(std::fs::symlink_metadata(&dest)
         .unwrap()
         .file_type()
@@ -101,7 +107,10 @@ fn upstream_copy_file_forms() {
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
     let dest = shared(&agent).join("dir");
-    ok(&run_agent_ctl(&agent, &copy_cmd(&dir, &dest)), "copy a directory");
+    ok(
+        &run_agent_ctl(&agent, &copy_cmd(&dir, &dest)),
+        "copy a directory",
+    );
     let meta = std::fs::symlink_metadata(&dest).unwrap();
     assert!(meta.is_dir());
     assert_eq!(meta.mode() & 0o777, 0o750);
@@ -113,8 +122,14 @@ fn upstream_copy_file_forms() {
         .collect();
     std::fs::write(&big, &content).unwrap();
     let dest = shared(&agent).join("large_file_2M.txt");
-    ok(&run_agent_ctl(&agent, &copy_cmd(&big, &dest)), "copy a large file");
-    assert!(std::fs::read(&dest).unwrap() == content, "large file differs");
+    ok(
+        &run_agent_ctl(&agent, &copy_cmd(&big, &dest)),
+        "copy a large file",
+    );
+    assert!(
+        std::fs::read(&dest).unwrap() == content,
+        "large file differs"
+    );
 
     // "Copy a file to an unallowed destination" (outside the run directory, and beneath it
     // but outside shared/containers): refused by the agent, nothing written.
@@ -247,14 +262,18 @@ fn upstream_container_lifecycle_forms() {
     ok(
         &run_agent_ctl(
             &agent,
-            &format!(r#"SignalProcess json://{{"container_id": "{container_id}", "exec_id": "{container_id}", "signal": 9}}"#),
+            &format!(
+                r#"SignalProcess json://{{"container_id": "{container_id}", "exec_id": "{container_id}", "signal": 9}}"#
+            ),
         ),
         "SignalProcess",
     );
     ok(
         &run_agent_ctl(
             &agent,
-            &format!(r#"WaitProcess json://{{"container_id": "{container_id}", "exec_id": "{container_id}"}}"#),
+            &format!(
+                r#"WaitProcess json://{{"container_id": "{container_id}", "exec_id": "{container_id}"}}"#
+            ),
         ),
         "WaitProcess",
     );

@@ -119,7 +119,9 @@ fn convert_object(v: &Value, shape: Shape) -> Value {
             }
             Value::Object(out)
         }
-        Value::Array(items) => Value::Array(items.iter().map(|i| convert_object(i, shape)).collect()),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|i| convert_object(i, shape)).collect())
+        }
         other => other.clone(),
     }
 }
@@ -241,7 +243,10 @@ mod tests {
         assert_eq!(back["Version"], "1.0.2");
         assert_eq!(back["Process"]["Args"], json!(["sh"]));
         assert_eq!(back["Process"]["OOMScoreAdj"], 5);
-        assert_eq!(back["Process"]["Capabilities"]["Bounding"], json!(["CAP_KILL"]));
+        assert_eq!(
+            back["Process"]["Capabilities"]["Bounding"],
+            json!(["CAP_KILL"])
+        );
         assert_eq!(back["Root"]["Path"], "rootfs");
         assert_eq!(back["Root"]["Readonly"], true);
         assert_eq!(back["Hostname"], "runc");

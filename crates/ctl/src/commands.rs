@@ -333,11 +333,7 @@ impl Session {
                         self.auto.cid = Some(id.clone());
                         id
                     }
-                    None => self
-                        .auto
-                        .cid
-                        .get_or_insert_with(args::random_id)
-                        .clone(),
+                    None => self.auto.cid.get_or_insert_with(args::random_id).clone(),
                 };
                 let spec = host::image_spec(&image, &id, self.agent.is_none())
                     .map_err(CallError::Local)?;
@@ -400,11 +396,7 @@ impl Session {
     }
 
     /// `CopyFile src=.. dest=..`: one request per chunk of the host file.
-    async fn copy_file(
-        &self,
-        src: &std::path::Path,
-        dest: &str,
-    ) -> Result<Vec<Value>, CallError> {
+    async fn copy_file(&self, src: &std::path::Path, dest: &str) -> Result<Vec<Value>, CallError> {
         let mut source = host::CopyFileSource::open(src, dest).map_err(CallError::Local)?;
         let mut lines = Vec::new();
         while let Some(req) = source.next_request().map_err(CallError::Local)? {

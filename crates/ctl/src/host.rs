@@ -288,7 +288,8 @@ pub fn image_spec(image: &str, id: &str, dry_run: bool) -> Result<Value> {
 }
 
 fn absolute(p: &Path) -> Result<String> {
-    let abs = std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))?;
+    let abs =
+        std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))?;
     abs.to_str()
         .map(str::to_string)
         .ok_or_else(|| anyhow!("{} is not valid UTF-8", abs.display()))
@@ -526,7 +527,11 @@ mod tests {
     fn policy_request() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("p.rego");
-        std::fs::write(&p, "package agent_policy\ndefault CopyFileRequest := false\n").unwrap();
+        std::fs::write(
+            &p,
+            "package agent_policy\ndefault CopyFileRequest := false\n",
+        )
+        .unwrap();
         assert_eq!(
             set_policy_request(&p).unwrap(),
             serde_json::json!({"policy": "package agent_policy\ndefault CopyFileRequest := false\n"})

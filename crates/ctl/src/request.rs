@@ -73,9 +73,7 @@ pub fn build(cmd: &str, default: Value, form: &ArgForm, auto: &mut AutoValues) -
 /// `process` in the OCI runtime-spec shape (camelCase keys, as in a bundle's config.json).
 fn normalize(field: &str, value: Value) -> Value {
     match field {
-        "OCI" if crate::bundle::is_runtime_spec(&value) => {
-            crate::bundle::oci_spec_to_proto(&value)
-        }
+        "OCI" if crate::bundle::is_runtime_spec(&value) => crate::bundle::oci_spec_to_proto(&value),
         "process" if value.get("args").is_some() || value.get("user").is_some() => {
             crate::bundle::oci_process_to_proto(&value)
         }

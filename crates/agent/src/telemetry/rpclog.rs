@@ -173,6 +173,95 @@ mod tests {
         assert_eq!(string_field(&req, "exec_id"), "");
     }
 
+    #[derive(Default)]
+    struct Sink(std::sync::Mutex<Vec<serde_json::Value>>);
+
+    impl crate::logging::LogSink for Sink {
+        fn write_record(&self, line: &[u8]) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(serde_json::from_slice(line).unwrap());
+        }
+    }
+
+    /// Records logged by `f` at `level`.
+    fn capture(level: crate::logging::LogLevel, f: impl FnOnce()) -> Vec<serde_json::Value> {
+        use tracing_subscriber::prelude::*;
+        let logger = crate::logging::Logger::new(level);
+        let sink = std::sync::Arc::new(Sink::default());
+        logger.add_sink(sink.clone());
+        let subscriber =
+            tracing_subscriber::registry().with(crate::logging::JsonLayer::new(logger));
+        tracing::subscriber::with_default(subscriber, f);
+        let v = sink.0.lock().unwrap().clone();
+        v
+    }
+
+    fn req() -> agent::WaitProcessRequest {
+        agent::WaitProcessRequest {
+            container_id: "c1".into(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn levels_of_the_records() {
+        use crate::logging::LogLevel;
+        let run = |level| {
+            capture(level, || {
+                let ok: Result<(), AgentError> = Ok(());
+                RpcLog::start("wait_process", &req()).finish(ok);
+                let bad: Result<(), AgentError> = Err(AgentError::not_found("gone"));
+                RpcLog::start("wait_process", &req()).finish(bad);
+                let internal: Result<(), AgentError> = Err(AgentError::internal("boom"));
+                RpcLog::start("wait_process", &req()).finish(internal);
+                drop(RpcLog::start("wait_process", &req()));
+            })
+        };
+        let debug = run(LogLevel::Debug);
+        let summary: Vec<(String, String)> = debug
+            .iter()
+            .map(|r| {
+                (
+                    r["level"].as_str().unwrap().to_string(),
+                    r["msg"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let want = [
+            ("DEBG", "rpc started"),
+            ("DEBG", "rpc finished"),
+            ("DEBG", "rpc started"),
+            ("DEBG", "rpc failed"),
+            ("DEBG", "rpc started"),
+            ("WARN", "rpc failed"),
+            ("DEBG", "rpc started"),
+            ("DEBG", "rpc cancelled"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(summary, want);
+        assert_eq!(debug[3]["code"], "NOT_FOUND");
+        assert_eq!(debug[3]["error"], "gone");
+        assert_eq!(debug[5]["code"], "INTERNAL");
+        for r in &debug {
+            assert_eq!(r["method"], "wait_process");
+            assert_eq!(r["container_id"], "c1");
+            assert_eq!(r["exec_id"], "e1");
+            assert_eq!(r["subsystem"], "rpc");
+        }
+        assert!(debug[1]["duration_ms"].is_number());
+        // At info only the INTERNAL failure shows.
+        let info = run(LogLevel::Info);
+        assert_eq!(info.len(), 1);
+        assert_eq!(info[0]["level"], "WARN");
+        assert_eq!(info[0]["error"], "boom");
+    }
+
     #[test]
     fn outcomes() {
         let ok: Result<(), AgentError> = Ok(());

@@ -212,11 +212,11 @@ mod tests {
         let run = |level| {
             capture(level, || {
                 let ok: Result<(), AgentError> = Ok(());
-                RpcLog::start("wait_process", &req()).finish(ok);
+                let _ = RpcLog::start("wait_process", &req()).finish(ok);
                 let bad: Result<(), AgentError> = Err(AgentError::not_found("gone"));
-                RpcLog::start("wait_process", &req()).finish(bad);
+                let _ = RpcLog::start("wait_process", &req()).finish(bad);
                 let internal: Result<(), AgentError> = Err(AgentError::internal("boom"));
-                RpcLog::start("wait_process", &req()).finish(internal);
+                let _ = RpcLog::start("wait_process", &req()).finish(internal);
                 drop(RpcLog::start("wait_process", &req()));
             })
         };

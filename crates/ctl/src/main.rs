@@ -193,7 +193,9 @@ async fn connect(args: ConnectArgs, verbose: bool) -> ExitCode {
         return ExitCode::from(2);
     }
 
-    let agent = if args.dry_run {
+    // Like upstream, built-ins alone (`-c list`) need no agent.
+    let needs_agent = args.interactive || parsed.iter().any(|c| matches!(c, Command::Api { .. }));
+    let agent = if args.dry_run || !needs_agent {
         None
     } else {
         let addr = args.server_address.as_deref().unwrap_or_default();

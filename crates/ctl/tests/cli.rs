@@ -328,6 +328,17 @@ fn upstream_host_input_forms() {
     let lines = dry_run(&["-n", "-c", &spec]);
     assert_eq!(lines[0]["request"]["process"]["Args"], json!(["ls", "-l"]));
 
+    // Built-ins alone need no agent (upstream's `-c list`).
+    let out = ctl(&[
+        "connect",
+        "--server-address",
+        "unix:///nonexistent/agent.sock",
+        "-c",
+        "list",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CopyFile"));
+
     // Random ids.
     for sub in ["generate-cid", "generate-sid"] {
         let out = ctl(&[sub]);

@@ -10,6 +10,7 @@ use protocols::health::CheckRequest;
 use serde_json::Value;
 
 use crate::args::{self, ArgForm};
+use crate::host::{self, HostInput};
 use crate::request::{self, AutoValues};
 
 /// Wraps a response for [`ToJsonSerde`] / [`ToJsonEmpty`]: responses are converted with serde,
@@ -217,6 +218,10 @@ pub fn parse_command(line: &str) -> Result<Command> {
         bail!("{}", unknown_command_message(word));
     };
     let form = args::parse_form(rest).map_err(|e| anyhow!("{name}: {e:#}"))?;
+    // Upstream-style arguments naming host files are read when the command runs.
+    if host::detect(name, &form)?.is_some() {
+        return Ok(Command::Api { name, form });
+    }
     // Build once without auto-values to catch unknown fields and type errors early.
     let default = default_request(name).expect("every API command has a default request");
     let req = request::build(name, default, &form, &mut AutoValues::new(false))
@@ -309,36 +314,113 @@ pub struct Session {
 }
 
 impl Session {
-    /// Builds the request of an API command, sends it (unless in dry-run mode) and returns
-    /// the JSON line to print.
+    /// Builds the request(s) of an API command, sends them (unless in dry-run mode) and returns
+    /// the JSON lines to print: the response, or in dry-run mode each request as
+    /// `{"command":..,"request":..}`.
     pub async fn run_api(
         &mut self,
         name: &'static str,
         form: &ArgForm,
-    ) -> Result<Value, CallError> {
+    ) -> Result<Vec<Value>, CallError> {
+        let req = match host::detect(name, form).map_err(CallError::Local)? {
+            Some(HostInput::CopyFile { src, dest }) => return self.copy_file(&src, &dest).await,
+            Some(HostInput::SetPolicy { policy_file }) => {
+                host::set_policy_request(&policy_file).map_err(CallError::Local)?
+            }
+            Some(HostInput::Image { image, id }) => {
+                let id = match id {
+                    Some(id) => {
+                        self.auto.cid = Some(id.clone());
+                        id
+                    }
+                    None => self.auto.cid.get_or_insert_with(args::random_id).clone(),
+                };
+                let spec = host::image_spec(&image, &id, self.agent.is_none())
+                    .map_err(CallError::Local)?;
+                serde_json::json!({"container_id": id, "OCI": spec})
+            }
+            None => self.build_request(name, form)?,
+        };
+        let resp = self.send(name, req.clone()).await?;
+        if name == "RemoveContainer" && self.agent.is_some() {
+            if let Some(cid) = req.get("container_id").and_then(Value::as_str) {
+                if let Err(e) = host::remove_pulled_image(cid) {
+                    eprintln!("warning: {e:#}");
+                }
+            }
+        }
+        Ok(vec![resp])
+    }
+
+    /// The request of a command whose argument describes the request itself.
+    fn build_request(&mut self, name: &'static str, form: &ArgForm) -> Result<Value, CallError> {
         let default = default_request(name).expect("every API command has a default request");
         let mut req =
             request::build(name, default, form, &mut self.auto).map_err(CallError::Local)?;
-        if name == "ExecProcess"
-            && self.auto.enabled
-            && req.get("process").is_some_and(Value::is_null)
-        {
+        let wants_bundle = self.auto.enabled
+            && match name {
+                "ExecProcess" => req.get("process").is_some_and(Value::is_null),
+                "CreateContainer" => req.get("OCI").is_some_and(Value::is_null),
+                _ => false,
+            };
+        if wants_bundle {
             if let Some(dir) = &self.bundle_dir {
-                let process = crate::bundle::process_from_bundle(dir).map_err(CallError::Local)?;
-                req["process"] = process;
+                if name == "ExecProcess" {
+                    req["process"] =
+                        crate::bundle::process_from_bundle(dir).map_err(CallError::Local)?;
+                } else {
+                    req["OCI"] = crate::bundle::spec_from_bundle(dir).map_err(CallError::Local)?;
+                }
             }
         }
+        Ok(req)
+    }
+
+    fn context(&self) -> ttrpc::context::Context {
+        let mut ctx = agent_client::ctx(self.timeout);
+        if self.auto.enabled {
+            ctx.add("agent-ctl-cfg".into(), "auto-values".into());
+        }
+        ctx
+    }
+
+    /// Sends one request (or, in dry-run mode, returns it).
+    async fn send(&self, name: &'static str, req: Value) -> Result<Value, CallError> {
         if self.verbose {
             eprintln!("sending {name}: {req}");
         }
         let Some(agent) = &self.agent else {
             return Ok(serde_json::json!({"command": name, "request": req}));
         };
-        let mut ctx = agent_client::ctx(self.timeout);
-        if self.auto.enabled {
-            ctx.add("agent-ctl-cfg".into(), "auto-values".into());
+        call(agent, name, self.context(), req).await
+    }
+
+    /// `CopyFile src=.. dest=..`: one request per chunk of the host file.
+    async fn copy_file(&self, src: &std::path::Path, dest: &str) -> Result<Vec<Value>, CallError> {
+        let mut source = host::CopyFileSource::open(src, dest).map_err(CallError::Local)?;
+        let mut lines = Vec::new();
+        while let Some(req) = source.next_request().map_err(CallError::Local)? {
+            let json = serde_json::to_value(&req).map_err(|e| CallError::Local(e.into()))?;
+            if self.verbose {
+                let mut shown = json.clone();
+                shown["data"] = Value::String(format!("<{} bytes>", req.data.len()));
+                eprintln!("sending CopyFile: {shown}");
+            }
+            match &self.agent {
+                None => lines.push(serde_json::json!({"command": "CopyFile", "request": json})),
+                Some(agent) => {
+                    agent
+                        .agent
+                        .copy_file(self.context(), &req)
+                        .await
+                        .map_err(CallError::Rpc)?;
+                }
+            }
         }
-        call(agent, name, ctx, req).await
+        if self.agent.is_some() {
+            lines.push(Value::Object(Default::default()));
+        }
+        Ok(lines)
     }
 }
 

@@ -4,5 +4,6 @@
 pub mod args;
 pub mod bundle;
 pub mod commands;
+pub mod host;
 pub mod request;
 pub mod spec;

@@ -29,6 +29,12 @@ enum Sub {
     Connect(ConnectArgs),
     /// Print example invocations.
     Examples,
+    /// Print a random container id (64 hex digits).
+    #[command(name = "generate-cid")]
+    GenerateCid,
+    /// Print a random sandbox id (64 hex digits).
+    #[command(name = "generate-sid")]
+    GenerateSid,
 }
 
 #[derive(clap::Args, Debug)]
@@ -110,6 +116,13 @@ const EXAMPLES: &str = r#"Examples (the agent listens on vsock port 1024 in a VM
       -c 'RemoveContainer json://{"container_id":"c1","timeout":0}' \
       -c 'CreateContainer file:///tmp/create-request.json'
 
+  # Upstream's forms: copy a host file (or symlink, or directory) into the guest, send a
+  # policy file, a container from an OCI bundle / rootfs directory / pulled image
+  kata-agent-ctl connect --server-address unix://@/tmp/kata-agent.socket \
+      -c 'CopyFile json://{"src": "/etc/hosts", "dest": "/run/kata-containers/shared/containers/hosts"}' \
+      -c 'SetPolicy json://{"policy_file": "/opt/kata/test.rego"}' \
+      -c 'CreateContainer json://{"image": "/srv/bundle", "id": "c2"}' 'StartContainer cid=c2'
+
   # Show the requests instead of sending them
   kata-agent-ctl connect --dry-run -c 'SignalProcess cid=c1' 'WriteStdin data=hex:68690a'
 
@@ -138,6 +151,10 @@ fn main() -> ExitCode {
     match cli.command {
         Sub::Examples => {
             print!("{EXAMPLES}");
+            ExitCode::SUCCESS
+        }
+        Sub::GenerateCid | Sub::GenerateSid => {
+            println!("{}", kata_agent_ctl::args::random_id());
             ExitCode::SUCCESS
         }
         Sub::Connect(args) => {
@@ -176,7 +193,9 @@ async fn connect(args: ConnectArgs, verbose: bool) -> ExitCode {
         return ExitCode::from(2);
     }
 
-    let agent = if args.dry_run {
+    // Like upstream, built-ins alone (`-c list`) need no agent.
+    let needs_agent = args.interactive || parsed.iter().any(|c| matches!(c, Command::Api { .. }));
+    let agent = if args.dry_run || !needs_agent {
         None
     } else {
         let addr = args.server_address.as_deref().unwrap_or_default();
@@ -292,8 +311,10 @@ impl Runner<'_> {
             Command::Quit => return Step::Stop,
             Command::Repeat(_) => unreachable!("repeat is handled by run"),
             Command::Api { name, form } => match self.session.run_api(name, form).await {
-                Ok(resp) => {
-                    println!("{resp}");
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
+                    }
                     let _ = std::io::stdout().flush();
                     if *name == "DestroySandbox" && self.session.agent.is_some() {
                         return Step::Stop;

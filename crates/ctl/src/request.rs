@@ -45,7 +45,7 @@ pub fn build(cmd: &str, default: Value, form: &ArgForm, auto: &mut AutoValues) -
                 let field = field_name(&obj, key, cmd)?;
                 let value = match (BYTES_FIELDS.contains(&field.as_str()), value) {
                     (true, Value::String(s)) => bytes_value(&args::parse_bytes(s)?),
-                    _ => value.clone(),
+                    _ => normalize(&field, value.clone()),
                 };
                 obj.insert(field.clone(), value);
                 explicit.insert(field);
@@ -56,13 +56,39 @@ pub fn build(cmd: &str, default: Value, form: &ArgForm, auto: &mut AutoValues) -
     if auto.enabled {
         fill_auto_values(cmd, &mut obj, &explicit, auto);
     }
+    // Like upstream's tool, a sandbox always gets an id, auto-values or not.
+    if cmd == "CreateSandbox" {
+        let empty = obj
+            .get("sandbox_id")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty);
+        if empty {
+            obj.insert("sandbox_id".into(), Value::String(args::random_id()));
+        }
+    }
     Ok(Value::Object(obj))
+}
+
+/// Converts a value given in another accepted shape to the request's: an `OCI` spec or a
+/// `process` in the OCI runtime-spec shape (camelCase keys, as in a bundle's config.json).
+fn normalize(field: &str, value: Value) -> Value {
+    match field {
+        "OCI" if crate::bundle::is_runtime_spec(&value) => crate::bundle::oci_spec_to_proto(&value),
+        "process" if value.get("args").is_some() || value.get("user").is_some() => {
+            crate::bundle::oci_process_to_proto(&value)
+        }
+        _ => value,
+    }
 }
 
 /// Resolves a user-given key (possibly a short alias) to a field of the request.
 fn field_name(obj: &Map<String, Value>, key: &str, cmd: &str) -> Result<String> {
     if obj.contains_key(key) {
         return Ok(key.to_string());
+    }
+    // Upstream's option names differ in case from some proto fields (sec= for Sec).
+    if let Some(k) = obj.keys().find(|k| k.eq_ignore_ascii_case(key)) {
+        return Ok(k.clone());
     }
     let alias = match key {
         "cid" | "id" => "container_id",
@@ -100,10 +126,26 @@ fn apply_pairs(
             "rootfs" if cmd == "CreateContainer" => rootfs = Some(text.clone()),
             "args" if builds_process => proc_args = Some(args::split_words(text)?),
             "terminal" if builds_process => terminal = Some(args::parse_bool(text)?),
+            // Upstream's tool keeps a sandbox id given to any command; requests without one
+            // ignore it.
+            "sid" if !obj.contains_key("sandbox_id") => {}
+            // `ExecProcess spec=file:///bundle/config.json`: the process of that spec.
+            "spec" | "oci" if cmd == "ExecProcess" => {
+                let spec = convert("OCI", &Value::Null, text)
+                    .with_context(|| format!("invalid value for {key} in {cmd}"))?;
+                let process = spec
+                    .get("process")
+                    .map(crate::bundle::oci_process_to_proto)
+                    .or_else(|| spec.get("Process").cloned())
+                    .ok_or_else(|| anyhow!("{cmd}: the spec given with {key}= has no process"))?;
+                obj.insert("process".into(), process);
+                explicit.insert("process".into());
+            }
             _ => {
                 let field = field_name(obj, key, cmd)?;
                 let value = convert(&field, &obj[&field], text)
                     .with_context(|| format!("invalid value for {key} in {cmd}"))?;
+                let value = normalize(&field, value);
                 obj.insert(field.clone(), value);
                 explicit.insert(field);
             }
@@ -159,6 +201,8 @@ fn convert(field: &str, default: &Value, text: &str) -> Result<Value> {
             let t = text.trim();
             let parsed = if n.is_f64() {
                 t.parse::<f64>().ok().and_then(serde_json::Number::from_f64)
+            } else if let Some(u) = parse_hex(t) {
+                Some(u.into())
             } else if let Ok(u) = t.parse::<u64>() {
                 Some(u.into())
             } else {
@@ -179,15 +223,22 @@ fn convert(field: &str, default: &Value, text: &str) -> Result<Value> {
             Ok(Value::Array(
                 text.split(',')
                     .filter(|s| !s.is_empty())
-                    .map(|s| match s.trim().parse::<i64>() {
-                        Ok(n) => Value::from(n),
-                        Err(_) => Value::String(s.to_string()),
+                    .map(|s| match (s.trim().parse::<i64>(), parse_hex(s.trim())) {
+                        (Ok(n), _) => Value::from(n),
+                        (_, Some(n)) => Value::from(n),
+                        _ => Value::String(s.to_string()),
                     })
                     .collect(),
             ))
         }
         Value::Object(_) | Value::Null => parse_typed_json(field, text, "an object"),
     }
+}
+
+/// A `0x`-prefixed hexadecimal number (e.g. memory addresses for MemHotplugByProbe).
+fn parse_hex(t: &str) -> Option<u64> {
+    let digits = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X"))?;
+    u64::from_str_radix(digits, 16).ok()
 }
 
 fn parse_typed_json(field: &str, text: &str, want: &str) -> Result<Value> {
@@ -229,13 +280,11 @@ fn fill_auto_values(
     if obj.contains_key("signal") && !given("signal") {
         obj.insert("signal".into(), Value::from(libc::SIGKILL));
     }
-    if cmd == "CreateSandbox" {
-        let empty = obj
-            .get("sandbox_id")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty);
-        if empty {
-            obj.insert("sandbox_id".into(), Value::String(args::random_id()));
+    if cmd == "GetGuestDetails" {
+        for field in ["mem_block_size", "mem_hotplug_probe"] {
+            if !given(field) {
+                obj.insert(field.into(), Value::Bool(true));
+            }
         }
     }
 }

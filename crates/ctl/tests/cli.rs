@@ -194,6 +194,166 @@ fn create_container_and_exec_conveniences() {
 }
 
 #[test]
+fn upstream_host_input_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::write(&src, b"abc").unwrap();
+    let policy = dir.path().join("p.rego");
+    std::fs::write(
+        &policy,
+        "package agent_policy\ndefault CopyFileRequest := false\n",
+    )
+    .unwrap();
+    let cmds = [
+        format!(
+            r#"CopyFile json://{{"src": "{}", "dest":"/run/kata-containers/shared/containers/foo"}}"#,
+            src.display()
+        ),
+        format!(r#"SetPolicy json://{{"policy_file": "{}"}}"#, policy.display()),
+        format!("CopyFile src={} dest=/g/x", src.display()),
+        r#"CreateContainer json://{"image": "ghcr.io/linuxcontainers/alpine:latest", "id": "test_container_1"}"#.to_string(),
+        r#"StartContainer json://{"container_id": "test_container_1"}"#.to_string(),
+        "GetGuestDetails".to_string(),
+        "SetGuestDateTime sec=12 usec=34".to_string(),
+        "MemHotplugByProbe memHotplugProbeAddr=0x100000000,0x108000000".to_string(),
+        "SignalProcess signal=usr1 sid=s1 cid=c1".to_string(),
+    ];
+    let mut args = vec!["-c"];
+    args.extend(cmds.iter().map(String::as_str));
+    let lines = dry_run(&args);
+    assert_eq!(lines.len(), 9, "{lines:?}");
+    let cf = &lines[0]["request"];
+    assert_eq!(cf["path"], "/run/kata-containers/shared/containers/foo");
+    assert_eq!(cf["data"], json!(b"abc".to_vec()));
+    assert_eq!(cf["file_size"], 3);
+    assert_eq!(cf["offset"], 0);
+    assert_eq!(cf["dir_mode"], 0o20000000750u32);
+    assert_eq!(
+        cf["file_mode"].as_u64().unwrap() as u32 & libc_s_ifmt(),
+        0o100000
+    );
+    assert_eq!(
+        lines[1]["request"],
+        json!({"policy": "package agent_policy\ndefault CopyFileRequest := false\n"})
+    );
+    assert_eq!(lines[2]["request"]["path"], "/g/x");
+    assert_eq!(lines[3]["request"]["container_id"], "test_container_1");
+    assert_eq!(
+        lines[3]["request"]["OCI"]["Root"]["Path"],
+        "/run/kata-containers/testing/test_container_1/rootfs"
+    );
+    assert_eq!(
+        lines[4]["request"],
+        json!({"container_id": "test_container_1"})
+    );
+    assert_eq!(
+        lines[5]["request"],
+        json!({"mem_block_size": true, "mem_hotplug_probe": true})
+    );
+    assert_eq!(lines[6]["request"], json!({"Sec": 12, "Usec": 34}));
+    assert_eq!(
+        lines[7]["request"]["memHotplugProbeAddr"],
+        json!([0x100000000u64, 0x108000000u64])
+    );
+    assert_eq!(lines[8]["request"]["signal"], 10);
+
+    // Only src and dest go together; a missing host file fails when the command runs.
+    let out = ctl(&[
+        "connect",
+        "--dry-run",
+        "-c",
+        r#"CopyFile json://{"src": "/a"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("needs both src"), "{}", stderr(&out));
+    let out = ctl(&[
+        "connect",
+        "--dry-run",
+        "-c",
+        r#"CopyFile json://{"src": "/a", "dest": "/b", "uid": 0}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = ctl(&[
+        "connect",
+        "--dry-run",
+        "-c",
+        r#"CopyFile json://{"src": "/nonexistent/x", "dest": "/b"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/x"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An OCI bundle as CreateContainer's image, and as --bundle-dir.
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"hostname":"h",
+            "process":{"args":["ls","-l"],"cwd":"/"},
+            "linux":{"namespaces":[{"type":"pid"}]}}"#,
+    )
+    .unwrap();
+    let rootfs = bundle.join("rootfs").canonicalize().unwrap();
+    let image = format!(
+        r#"CreateContainer json://{{"image": "{}", "id": "c7"}}"#,
+        bundle.display()
+    );
+    let lines = dry_run(&["-c", &image]);
+    assert_eq!(
+        lines[0]["request"]["OCI"]["Root"]["Path"],
+        rootfs.to_str().unwrap()
+    );
+    assert_eq!(
+        lines[0]["request"]["OCI"]["Process"]["Args"],
+        json!(["ls", "-l"])
+    );
+    let b = bundle.to_str().unwrap();
+    let lines = dry_run(&[
+        "--bundle-dir",
+        b,
+        "-c",
+        "CreateContainer cid=c8",
+        "ExecProcess exec_id=e1",
+    ]);
+    let oci = &lines[0]["request"]["OCI"];
+    assert_eq!(oci["Hostname"], "h");
+    assert_eq!(oci["Root"]["Path"], bundle.join("rootfs").to_str().unwrap());
+    assert_eq!(oci["Linux"]["Namespaces"][0]["Type"], "pid");
+    assert_eq!(lines[1]["request"]["process"]["Args"], json!(["ls", "-l"]));
+    // ExecProcess spec=file:// of a runtime-spec config.
+    let spec = format!("ExecProcess cid=c8 exec_id=e2 spec=file://{b}/config.json");
+    let lines = dry_run(&["-n", "-c", &spec]);
+    assert_eq!(lines[0]["request"]["process"]["Args"], json!(["ls", "-l"]));
+
+    // Built-ins alone need no agent (upstream's `-c list`).
+    let out = ctl(&[
+        "connect",
+        "--server-address",
+        "unix:///nonexistent/agent.sock",
+        "-c",
+        "list",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CopyFile"));
+
+    // Random ids.
+    for sub in ["generate-cid", "generate-sid"] {
+        let out = ctl(&[sub]);
+        assert!(out.status.success());
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(id.len(), 64);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
+
+fn libc_s_ifmt() -> u32 {
+    0o170000
+}
+
+#[test]
 fn repeat_sleep_quit() {
     let reqs = dry_run(&[
         "-n",

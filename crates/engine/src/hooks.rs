@@ -74,8 +74,10 @@ fn describe(hook: &Hook, code: i32, timed_out: bool, stderr: &[u8]) -> anyhow::E
 /// stopping at the first failure.
 pub fn run_in_engine(hooks: &[Hook], state: &[u8]) -> anyhow::Result<()> {
     for hook in hooks {
+        tracing::debug!(subsystem = "hooks", path = %hook.path().display(), args = ?hook.args(), timeout = ?timeout(hook), "running hook");
         let out = crate::reaper::run_command(&mut command(hook), Some(state), Some(timeout(hook)))
             .with_context(|| format!("cannot run the hook {}", hook.path().display()))?;
+        tracing::debug!(subsystem = "hooks", path = %hook.path().display(), exit_code = out.code, timed_out = out.timed_out, "hook finished");
         if out.code != 0 || out.timed_out {
             return Err(describe(hook, out.code, out.timed_out, &out.stderr));
         }

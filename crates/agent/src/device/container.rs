@@ -122,6 +122,7 @@ pub async fn apply(
     let mut pcimap = PciMap::new();
     let mut any_vfio = false;
     for d in list {
+        tracing::debug!(subsystem = "device", kind = %d.type_, id = %d.id, vm_path = %d.vm_path, container_path = %d.container_path, timeout = %super::fmt_duration(timeout), "waiting for container device");
         let node = match d.type_.as_str() {
             "blk" => {
                 let path: DevTreePath = d.id.parse()?;

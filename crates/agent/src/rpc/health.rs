@@ -16,21 +16,25 @@ impl health_ttrpc::Health for HealthRpc {
     async fn check(
         &self,
         _ctx: &TtrpcContext,
-        _req: CheckRequest,
+        req: CheckRequest,
     ) -> ttrpc::Result<HealthCheckResponse> {
-        let mut resp = HealthCheckResponse::new();
-        resp.status = ServingStatus::SERVING.into();
-        Ok(resp)
+        crate::logged_rpc!("check", req, async {
+            let mut resp = HealthCheckResponse::new();
+            resp.status = ServingStatus::SERVING.into();
+            Ok(resp)
+        })
     }
 
     async fn version(
         &self,
         _ctx: &TtrpcContext,
-        _req: CheckRequest,
+        req: CheckRequest,
     ) -> ttrpc::Result<VersionCheckResponse> {
-        let mut resp = VersionCheckResponse::new();
-        resp.grpc_version = version::API_VERSION.to_string();
-        resp.agent_version = version::VERSION.to_string();
-        Ok(resp)
+        crate::logged_rpc!("version", req, async {
+            let mut resp = VersionCheckResponse::new();
+            resp.grpc_version = version::API_VERSION.to_string();
+            resp.agent_version = version::VERSION.to_string();
+            Ok(resp)
+        })
     }
 }

@@ -241,8 +241,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::WriteStreamRequest,
     ) -> Reply<agent::WriteStreamResponse> {
-        io::write_stdin(&self.agent, req)
-            .await
+        crate::logged_rpc!("write_stdin", req, io::write_stdin(&self.agent, req))
             .map_err(AgentError::into_ttrpc)
     }
 
@@ -251,8 +250,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> Reply<agent::ReadStreamResponse> {
-        io::read_stdout(&self.agent, req)
-            .await
+        crate::logged_rpc!("read_stdout", req, io::read_stdout(&self.agent, req))
             .map_err(AgentError::into_ttrpc)
     }
 
@@ -261,8 +259,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> Reply<agent::ReadStreamResponse> {
-        io::read_stderr(&self.agent, req)
-            .await
+        crate::logged_rpc!("read_stderr", req, io::read_stderr(&self.agent, req))
             .map_err(AgentError::into_ttrpc)
     }
 
@@ -400,17 +397,21 @@ impl agent_ttrpc::AgentService for AgentRpc {
     async fn mem_agent_memcg_set(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::MemAgentMemcgConfig,
+        req: agent::MemAgentMemcgConfig,
     ) -> Reply<Empty> {
-        unimplemented("MemAgentMemcgSet")
+        crate::logged_rpc!("mem_agent_memcg_set", req, async {
+            unimplemented("MemAgentMemcgSet")
+        })
     }
 
     async fn mem_agent_compact_set(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::MemAgentCompactConfig,
+        req: agent::MemAgentCompactConfig,
     ) -> Reply<Empty> {
-        unimplemented("MemAgentCompactSet")
+        crate::logged_rpc!("mem_agent_compact_set", req, async {
+            unimplemented("MemAgentCompactSet")
+        })
     }
 
     async fn create_sandbox(
@@ -521,9 +522,12 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::GetOOMEventRequest,
     ) -> Reply<agent::OOMEvent> {
-        containers::get_oom_event(&self.agent, req)
-            .await
-            .map_err(AgentError::into_ttrpc)
+        crate::logged_rpc!(
+            "get_oom_event",
+            req,
+            containers::get_oom_event(&self.agent, req)
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn add_swap(&self, ctx: &TtrpcContext, req: agent::AddSwapRequest) -> Reply<Empty> {

@@ -53,6 +53,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 /// Runs the driver of `req`.
 pub async fn create(ctx: &Ctx<'_>, req: &Request) -> Result<Cleanup> {
+    tracing::debug!(subsystem = "storage", driver = %req.driver_name, source = %req.source, fstype = %req.fstype, options = ?req.options, mount_point = %req.mount_point.display(), "setting up storage");
     let root = ctx.root.clone();
     let r = req.clone();
     let t = ctx.hotplug_timeout;

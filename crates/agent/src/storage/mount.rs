@@ -72,6 +72,7 @@ pub fn mount_on(
     }
     let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
     let fstype = fstype.filter(|f| !f.is_empty());
+    tracing::debug!(subsystem = "storage", source = %source.map(|s| s.display().to_string()).unwrap_or_default(), target = %target.real.display(), fstype = fstype.unwrap_or("none"), flags = ?base, data = data.unwrap_or(""), "mount");
     nix::mount::mount(source, &fd_path(&target.fd), fstype, base, data).map_err(|e| {
         AgentError::internal(format!(
             "cannot mount {} on {} (type {}): {e}",
@@ -148,6 +149,7 @@ pub fn unmount_beneath(root: &Root, path: &Path) -> Result<()> {
             return Ok(());
         }
         let target = fd_path(&r.fd);
+        tracing::debug!(subsystem = "storage", mount_point = %r.real.display(), "unmount");
         match nix::mount::umount2(&target, MntFlags::empty()) {
             Ok(()) => {}
             Err(nix::errno::Errno::EINVAL) => return Ok(()),

@@ -14,6 +14,7 @@
 //! When off, nothing is installed and RPC spans are not created at all.
 
 pub mod export;
+pub mod rpclog;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -200,13 +201,15 @@ pub fn rpc_span(
 
 /// Runs an RPC handler in its span: `traced_rpc!(ctx, "span_name", req, future)`.
 ///
-/// Logs `rpc call from shim to agent: "<name>"` at INFO like upstream. The span is only created
-/// when tracing is on.
+/// Logs `rpc call from shim to agent: "<name>"` at INFO like upstream, and the per-request
+/// records of [`rpclog`] (DEBUG; WARN for INTERNAL failures). The span is only created when
+/// tracing is on.
 #[macro_export]
 macro_rules! traced_rpc {
     ($ctx:expr, $name:literal, $req:expr, $fut:expr) => {{
         use tracing::Instrument as _;
         tracing::info!(subsystem = "rpc", "rpc call from shim to agent: {:?}", $name);
+        let log = $crate::telemetry::rpclog::RpcLog::start($name, &$req);
         let span = if $crate::telemetry::enabled() {
             let root = $crate::telemetry::root();
             $crate::telemetry::rpc_span(
@@ -217,7 +220,7 @@ macro_rules! traced_rpc {
         } else {
             tracing::Span::none()
         };
-        $fut.instrument(span).await
+        log.finish($fut.instrument(span).await)
     }};
 }
 

@@ -602,6 +602,7 @@ fn v2_frozen(dir: &Path) -> Result<bool> {
 /// Writes `value` to an existing cgroup file (never creates it; truncation is a no-op on cgroupfs
 /// but keeps plain files in tests exact).
 pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
+    tracing::debug!(subsystem = "cgroups", file = %path.display(), value, "cgroup write");
     let mut f = fs::OpenOptions::new()
         .write(true)
         .truncate(true)

@@ -106,6 +106,8 @@ pub struct AgentConfig {
     pub debug_console_addr: Option<String>,
     /// Trace export address (`KATA_AGENT_TRACE_ADDR`); replaces `vsock://2:10240`.
     pub trace_addr: Option<String>,
+    /// The memory agent (`agent.mem_agent_*`, see `mem_agent::config`).
+    pub mem_agent: crate::mem_agent::MemAgentConfig,
 }
 
 impl Default for AgentConfig {
@@ -138,6 +140,7 @@ impl Default for AgentConfig {
             log_addr: None,
             debug_console_addr: None,
             trace_addr: None,
+            mem_agent: Default::default(),
         }
     }
 }
@@ -300,6 +303,14 @@ impl Builder {
                     cfg.cgroup_no_v1 = controllers.to_string();
                 }
             }
+            _ if key.starts_with("agent.mem_agent_") => {
+                if let Some(w) = cfg
+                    .mem_agent
+                    .apply_cmdline(&key["agent.".len()..], single)?
+                {
+                    self.warnings.push(w);
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -372,6 +383,7 @@ impl Builder {
                 "cgroup_root" => cfg.cgroup_root = toml_path(k, value)?,
                 "console_path" => cfg.console_path = toml_path(k, value)?,
                 "dev_root" => cfg.dev_root = toml_path(k, value)?,
+                _ if k.starts_with("mem_agent_") => cfg.mem_agent.apply_toml(k, value)?,
                 _ => {}
             }
         }
@@ -1147,7 +1159,7 @@ mod tests {
 
     #[test]
     fn unknown_tokens_are_ignored() {
-        let c = cmd("root=/dev/vda1 agent.unknown=3 agent.cdh_api_timeout=50 agent.mem_agent_enable=1 = agent. x=y=z");
+        let c = cmd("root=/dev/vda1 agent.unknown=3 agent.cdh_api_timeout=50 agent.mem_agentx=1 = agent. x=y=z");
         assert_eq!(c, AgentConfig::default());
     }
 
@@ -1408,6 +1420,7 @@ mod tests {
             log_addr: None,
             debug_console_addr: None,
             trace_addr: None,
+            mem_agent: Default::default(),
         };
         assert_eq!(c, expected);
     }
@@ -1519,5 +1532,20 @@ mod tests {
             e.contains("cannot read the configuration file /nonexistent/agent.toml"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn mem_agent_options() {
+        let c = cmd("agent.mem_agent_compact_period_secs=5 agent.mem_agent_enable=1");
+        assert!(c.mem_agent.enable);
+        assert_eq!(c.mem_agent.compact.period_secs, 5);
+        let e = cmd_err("agent.mem_agent_memcg_swappiness_max=300");
+        assert!(
+            e.contains("agent.mem_agent_memcg_swappiness_max=300"),
+            "{e}"
+        );
+        let (c, _) = file("mem_agent_enable = true\nmem_agent_memcg_swap = true\n").unwrap();
+        assert!(c.mem_agent.enable && c.mem_agent.memcg.swap);
+        assert!(file_err("mem_agent_memcg_period_secs = 0").contains("mem_agent_memcg_period_secs"));
     }
 }

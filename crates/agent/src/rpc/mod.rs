@@ -14,6 +14,7 @@ mod containers;
 mod guest;
 mod health;
 mod io;
+mod mem_agent;
 mod metrics;
 mod network;
 mod sandbox;
@@ -400,17 +401,17 @@ impl agent_ttrpc::AgentService for AgentRpc {
     async fn mem_agent_memcg_set(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::MemAgentMemcgConfig,
+        req: agent::MemAgentMemcgConfig,
     ) -> Reply<Empty> {
-        unimplemented("MemAgentMemcgSet")
+        mem_agent::memcg_set(req).map_err(AgentError::into_ttrpc)
     }
 
     async fn mem_agent_compact_set(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::MemAgentCompactConfig,
+        req: agent::MemAgentCompactConfig,
     ) -> Reply<Empty> {
-        unimplemented("MemAgentCompactSet")
+        mem_agent::compact_set(req).map_err(AgentError::into_ttrpc)
     }
 
     async fn create_sandbox(

@@ -41,6 +41,17 @@ pub struct MemcgRound {
     pub errors: usize,
 }
 
+/// What an eviction from one lruvec did.
+#[derive(Debug, Default)]
+struct Eviction {
+    /// Pages freed.
+    pages: u64,
+    /// Why it stopped (None: the step bound or the shutdown).
+    stop: Option<EvictionStop>,
+    /// The oldest generation's (anon, file) pages when it began.
+    oldest: Option<(u64, u64)>,
+}
+
 /// The memcg part's state between rounds.
 pub struct MemcgWorker {
     files: Files,
@@ -128,11 +139,12 @@ impl MemcgWorker {
             }
             let pressure = self.files.memcg_pressure(&key.1);
             match self.evict(&key, s, swap_usable, &pressure, stop) {
-                Ok((pages, why)) => {
-                    debug!(subsystem = SUBSYSTEM, memcg = %key.1, node = key.2, pages, stop = ?why, "memcg eviction done");
-                    if pages > 0 {
+                Ok(e) => {
+                    debug!(subsystem = SUBSYSTEM, memcg = %key.1, node = key.2, pages = e.pages, stop = ?e.stop,
+                        oldest_anon = e.oldest.map(|g| g.0), oldest_file = e.oldest.map(|g| g.1), "memcg eviction done");
+                    if e.pages > 0 {
                         r.evicted += 1;
-                        r.pages_freed += pages;
+                        r.pages_freed += e.pages;
                     }
                 }
                 Err(e) => {
@@ -144,8 +156,7 @@ impl MemcgWorker {
         Ok(r)
     }
 
-    /// Evicts from the oldest generation of one lruvec until a stop reason; returns the pages
-    /// freed and the reason (None: stopped by the bound or the shutdown).
+    /// Evicts from the oldest generation of one lruvec until a stop reason.
     fn evict(
         &mut self,
         key: &LruvecKey,
@@ -153,33 +164,36 @@ impl MemcgWorker {
         swap_usable: bool,
         pressure: &std::path::Path,
         stop: &AtomicBool,
-    ) -> Result<(u64, Option<EvictionStop>)> {
+    ) -> Result<Eviction> {
         let mut psi = PsiMeter::default();
         psi.sample(pressure);
         // The oldest generation (seq, anon, file) before the last command.
         let mut last: Option<(u64, u64, u64)> = None;
-        let mut pages = 0u64;
+        let mut e = Eviction::default();
         let started = Instant::now();
         for _ in 0..EVICTION_STEPS_MAX {
             if stop.load(Ordering::Relaxed) {
-                return Ok((pages, None));
+                return Ok(e);
             }
             let Some(lru) = self.lruvec(key)? else {
                 // The memcg went away meanwhile.
-                return Ok((pages, Some(EvictionStop::Empty)));
+                e.stop = Some(EvictionStop::Empty);
+                return Ok(e);
             };
             let Some(oldest) = lru.oldest().copied() else {
-                return Ok((pages, Some(EvictionStop::TooFewGenerations)));
+                e.stop = Some(EvictionStop::TooFewGenerations);
+                return Ok(e);
             };
+            e.oldest.get_or_insert((oldest.anon, oldest.file));
             let prev = match last {
                 Some((seq, anon, file)) if seq == oldest.seq => {
-                    pages = pages.saturating_add(logic::freed((anon, file), &oldest));
+                    e.pages = e.pages.saturating_add(logic::freed((anon, file), &oldest));
                     Some((anon, file))
                 }
                 Some((_, anon, file)) => {
                     // The generation was emptied and dropped: what it held left it.
                     let anon = if swap_usable { anon } else { 0 };
-                    pages = pages.saturating_add(anon.saturating_add(file));
+                    e.pages = e.pages.saturating_add(anon.saturating_add(file));
                     None
                 }
                 None => None,
@@ -194,7 +208,10 @@ impl MemcgWorker {
                 s.eviction_psi_percent_limit,
             );
             match step {
-                EvictionStep::Stop(why) => return Ok((pages, Some(why))),
+                EvictionStep::Stop(why) => {
+                    e.stop = Some(why);
+                    return Ok(e);
+                }
                 EvictionStep::Evict { seq, swappiness } => {
                     let cmd = logic::eviction_command(
                         key.0,
@@ -210,8 +227,8 @@ impl MemcgWorker {
             }
             last = Some((oldest.seq, oldest.anon, oldest.file));
         }
-        info!(subsystem = SUBSYSTEM, memcg = %key.1, pages, elapsed_ms = started.elapsed().as_millis() as u64, "memcg eviction reached its step bound");
-        Ok((pages, None))
+        info!(subsystem = SUBSYSTEM, memcg = %key.1, pages = e.pages, elapsed_ms = started.elapsed().as_millis() as u64, "memcg eviction reached its step bound");
+        Ok(e)
     }
 
     fn lruvec(&self, key: &LruvecKey) -> Result<Option<NodeLru>> {

@@ -20,6 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::log_level::LogLevel;
 
+pub mod mem_agent;
 mod side_channels;
 mod values;
 pub use values::*;
@@ -112,6 +113,8 @@ pub struct AgentConfig {
     pub debug_console_addr: Option<String>,
     /// Trace export address (`KATA_AGENT_TRACE_ADDR`); replaces `vsock://2:10240`.
     pub trace_addr: Option<String>,
+    /// The memory agent (`agent.mem_agent_*`, see `config::mem_agent`).
+    pub mem_agent: mem_agent::MemAgentConfig,
 }
 
 impl Default for AgentConfig {
@@ -145,6 +148,7 @@ impl Default for AgentConfig {
             log_addr: None,
             debug_console_addr: None,
             trace_addr: None,
+            mem_agent: Default::default(),
         }
     }
 }
@@ -307,6 +311,14 @@ impl Builder {
                     cfg.cgroup_no_v1 = controllers.to_string();
                 }
             }
+            _ if key.starts_with("agent.mem_agent_") => {
+                if let Some(w) = cfg
+                    .mem_agent
+                    .apply_cmdline(&key["agent.".len()..], single)?
+                {
+                    self.warnings.push(w);
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -379,6 +391,7 @@ impl Builder {
                 "cgroup_root" => cfg.cgroup_root = toml_path(k, value)?,
                 "console_path" => cfg.console_path = toml_path(k, value)?,
                 "dev_root" => cfg.dev_root = toml_path(k, value)?,
+                _ if k.starts_with("mem_agent_") => cfg.mem_agent.apply_toml(k, value)?,
                 _ => {}
             }
         }

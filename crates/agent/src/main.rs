@@ -14,6 +14,7 @@ mod init;
 mod io;
 mod log_level;
 mod logging;
+mod mem_agent;
 mod metrics;
 mod namespaces;
 mod network;
@@ -157,7 +158,11 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
             error!(subsystem = "debug-console", error = %e, "the debug console did not start");
             None
         });
+        let mem_agent = mem_agent::start(&cfg, init_mode);
         let reason = server::serve(agent.clone(), &cfg.server_addr).await;
+        if let Some(m) = mem_agent {
+            m.stop().await;
+        }
         if let Some(console) = console {
             console.stop(std::time::Duration::from_secs(5)).await;
         }

@@ -349,7 +349,9 @@ fn string_option_keeps_equals_signs() {
 
 #[test]
 fn unknown_tokens_are_ignored() {
-    let c = cmd("root=/dev/vda1 agent.unknown=3 agent.cdh_api_timeout=50 agent.mem_agent_enable=1 = agent. x=y=z");
+    let c = cmd(
+        "root=/dev/vda1 agent.unknown=3 agent.cdh_api_timeout=50 agent.mem_agentx=1 = agent. x=y=z",
+    );
     assert_eq!(c, AgentConfig::default());
 }
 
@@ -632,6 +634,7 @@ fn toml_every_key() {
         log_addr: None,
         debug_console_addr: None,
         trace_addr: None,
+        mem_agent: Default::default(),
     };
     assert_eq!(c, expected);
 }
@@ -742,4 +745,19 @@ fn load_with_config_argument() {
         e.contains("cannot read the configuration file /nonexistent/agent.toml"),
         "{e}"
     );
+}
+
+#[test]
+fn mem_agent_options() {
+    let c = cmd("agent.mem_agent_compact_period_secs=5 agent.mem_agent_enable=1");
+    assert!(c.mem_agent.enable);
+    assert_eq!(c.mem_agent.compact.period_secs, 5);
+    let e = cmd_err("agent.mem_agent_memcg_swappiness_max=300");
+    assert!(
+        e.contains("agent.mem_agent_memcg_swappiness_max=300"),
+        "{e}"
+    );
+    let (c, _) = file("mem_agent_enable = true\nmem_agent_memcg_swap = true\n").unwrap();
+    assert!(c.mem_agent.enable && c.mem_agent.memcg.swap);
+    assert!(file_err("mem_agent_memcg_period_secs = 0").contains("mem_agent_memcg_period_secs"));
 }

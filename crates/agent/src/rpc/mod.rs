@@ -14,6 +14,7 @@ mod containers;
 mod guest;
 mod health;
 mod io;
+mod mem_agent;
 mod metrics;
 mod network;
 mod sandbox;
@@ -400,8 +401,9 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::MemAgentMemcgConfig,
     ) -> Reply<Empty> {
         crate::logged_rpc!("mem_agent_memcg_set", req, async {
-            unimplemented("MemAgentMemcgSet")
+            mem_agent::memcg_set(req)
         })
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn mem_agent_compact_set(
@@ -410,8 +412,9 @@ impl agent_ttrpc::AgentService for AgentRpc {
         req: agent::MemAgentCompactConfig,
     ) -> Reply<Empty> {
         crate::logged_rpc!("mem_agent_compact_set", req, async {
-            unimplemented("MemAgentCompactSet")
+            mem_agent::compact_set(req)
         })
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn create_sandbox(

@@ -145,10 +145,19 @@ pub fn volume_stats(root: &Root, path: &str) -> Result<VolumeStats> {
     let bavail = st.blocks_available() as u64;
     let files = st.files() as u64;
     let ffree = st.files_free() as u64;
+    // The numbers come from the file system, which for a shared volume is the host's: a product
+    // that does not fit is an error, not a wrapped value.
+    let bytes = |n: u64, what: &str| {
+        n.checked_mul(frag).ok_or_else(|| {
+            AgentError::internal(format!(
+                "the file system of {path} reports an impossible {what} ({n} blocks of {frag} bytes)"
+            ))
+        })
+    };
     Ok(VolumeStats {
-        bytes_total: blocks * frag,
-        bytes_available: bavail * frag,
-        bytes_used: blocks.saturating_sub(bfree) * frag,
+        bytes_total: bytes(blocks, "size")?,
+        bytes_available: bytes(bavail, "free space")?,
+        bytes_used: bytes(blocks.saturating_sub(bfree), "used space")?,
         inodes_total: files,
         inodes_available: ffree,
         inodes_used: files.saturating_sub(ffree),

@@ -113,7 +113,7 @@ impl Agent {
             agent_pid_is_1: init_mode,
             ..Default::default()
         };
-        let storages = crate::storage::Storages::new(&paths.run_dir);
+        let storages = crate::storage::Storages::new(&paths.run_dir, &paths.sandbox_ns_dir);
         let devices = crate::device::Devices::new(&paths.sysfs_root, &paths.dev_root);
         Arc::new(Agent {
             config,

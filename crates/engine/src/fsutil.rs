@@ -292,6 +292,50 @@ pub fn write_file_nofollow(path: &Path, data: &[u8], mode: u32, exclusive: bool)
     write_file_at(dir.as_raw_fd(), name, data, mode, exclusive)
 }
 
+/// Bind-mounts the object open at `src` onto the object open at `target` with `open_tree(2)`
+/// and `move_mount(2)`: neither side is looked up by path (no `/proc` needed either).
+pub fn bind_fd(src: &OwnedFd, target: &OwnedFd, recursive: bool) -> io::Result<()> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    let empty = c"";
+    let mut flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: open_tree on a descriptor we own with an empty path.
+    let tree =
+        unsafe { libc::syscall(libc::SYS_open_tree, src.as_raw_fd(), empty.as_ptr(), flags) };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    // SAFETY: move_mount between two descriptors we own, both with empty paths.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            target.as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether the open object is the null character device (1:3).
+pub fn is_dev_null(fd: &OwnedFd) -> io::Result<bool> {
+    let st = fstat(fd.as_raw_fd())?;
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 3))
+}
+
 /// The `/proc/self/fd/N` path naming an open fd (used as a mount target so the
 /// kernel uses exactly the inode we resolved).
 pub fn fd_path(fd: &OwnedFd) -> PathBuf {

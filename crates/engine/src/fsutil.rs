@@ -2,6 +2,9 @@
 
 use std::ffi::CString;
 use std::ffi::OsStr;
+use std::os::unix::fs::OpenOptionsExt;
+
+use anyhow::Context;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -328,6 +331,45 @@ pub fn bind_fd(src: &OwnedFd, target: &OwnedFd, recursive: bool) -> io::Result<(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Opens a bind mount's source (`O_PATH`). Below `run_dir` (the shared volumes, which other
+/// containers and the host can change) no symlink may be crossed and the path must stay
+/// inside; elsewhere (the guest's own paths) it is resolved once, as it is.
+pub fn open_bind_source(run_dir: Option<&Path>, src: &Path) -> anyhow::Result<OwnedFd> {
+    let clean = crate::validate::clean(src);
+    if let Some(run) = run_dir.filter(|r| clean.starts_with(r) && src.is_absolute()) {
+        if src
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            anyhow::bail!("the bind source {} contains \"..\"", src.display());
+        }
+        let rel = clean.strip_prefix(run).unwrap_or(Path::new(""));
+        let dir =
+            std::fs::File::open(run).with_context(|| format!("cannot open {}", run.display()))?;
+        return openat2(
+            dir.as_raw_fd(),
+            rel,
+            libc::O_PATH,
+            0,
+            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        )
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::EXDEV) => anyhow::anyhow!(
+                "the bind source {} goes through a symlink below {}: refused",
+                src.display(),
+                run.display()
+            ),
+            _ => anyhow::anyhow!("cannot open the bind source {}: {e}", src.display()),
+        });
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(src)
+        .with_context(|| format!("cannot resolve the source {}", src.display()))?;
+    Ok(OwnedFd::from(f))
 }
 
 /// Whether the open object is the null character device (1:3).

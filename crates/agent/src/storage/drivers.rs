@@ -692,3 +692,53 @@ pub fn update_ephemeral(root: &Root, req: &Request) -> Result<()> {
     info!(subsystem = "storage", mount_point = %req.mount_point.display(), "ephemeral mount updated");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(driver: &str, source: &str, fstype: &str, options: &[&str]) -> Request {
+        Request {
+            driver: Driver::from_name(driver).unwrap(),
+            driver_name: driver.into(),
+            driver_options: vec![],
+            source: source.into(),
+            fstype: fstype.into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+            mount_point: PathBuf::from("/run/k/sandbox/x"),
+            fs_group: None,
+            shared: false,
+        }
+    }
+
+    #[test]
+    fn each_driver_mounts_only_its_own_fstypes() {
+        for (d, src, fs, opts) in [
+            ("ephemeral", "/", "bind", &[][..]),
+            ("ephemeral", "/", "tmpfs", &["rbind"][..]),
+            ("ephemeral", "/dev/vda", "ext4", &[][..]),
+            ("virtio-fs", "/dev/vda", "ext4", &[][..]),
+            ("virtio-fs", "/", "virtiofs", &[][..]),
+            ("9p", "/dev/vda", "ext4", &[][..]),
+            ("overlayfs", "/", "bind", &[][..]),
+            ("blk", "/dev/vda", "bind", &[][..]),
+            ("scsi", "0:0", "ext4", &["bind"][..]),
+            ("nvdimm", "/dev/pmem0", "tmpfs", &[][..]),
+        ] {
+            let e = check_fstype(&req(d, src, fs, opts)).unwrap_err();
+            assert_eq!(e.code, ttrpc::Code::INVALID_ARGUMENT, "{d} {fs} {opts:?}");
+        }
+        for (d, src, fs, opts) in [
+            ("ephemeral", "tmpfs", "tmpfs", &[][..]),
+            ("ephemeral", "nodev", "hugetlbfs", &[][..]),
+            ("virtio-fs", "kataShared", "virtiofs", &[][..]),
+            ("virtio-fs", "/run/k/shared/x", "bind", &["bind"][..]),
+            ("9p", "kataShared", "9p", &["trans=virtio"][..]),
+            ("overlayfs", "overlay", "overlay", &[][..]),
+            ("blk", "/dev/vda", "ext4", &["ro"][..]),
+            ("local", "", "", &[][..]),
+        ] {
+            check_fstype(&req(d, src, fs, opts)).unwrap();
+        }
+    }
+}

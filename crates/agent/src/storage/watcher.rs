@@ -616,6 +616,7 @@ impl BindWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn collect_limits() {
@@ -634,5 +635,52 @@ mod tests {
         }
         // root + sub + a + l + 13 = 17 entries
         assert!(matches!(collect(&fd, true), Err(ScanError::TooBig(_))));
+    }
+
+    #[test]
+    fn a_copied_symlink_turned_directory_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path().join("run"));
+        root.fd().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let src = root.path.join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::os::unix::fs::symlink(&victim, src.join("a")).unwrap();
+        let copy = dir.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        let tmpfs = OwnedFd::from(std::fs::File::open(&copy).unwrap());
+        let mut w = Watched {
+            cid: "c".into(),
+            source: src.clone(),
+            name: PathBuf::from("t"),
+            known: HashMap::new(),
+            bind_mounted: false,
+        };
+        w.scan(&root, &tmpfs).unwrap();
+        assert_eq!(std::fs::read_link(copy.join("t/a")).unwrap(), victim);
+        std::fs::remove_file(src.join("a")).unwrap();
+        std::fs::create_dir(src.join("a")).unwrap();
+        std::fs::write(src.join("a/passwd"), "x").unwrap();
+        std::fs::set_permissions(src.join("a"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        w.scan(&root, &tmpfs).unwrap();
+        assert!(copy.join("t/a/passwd").is_file());
+        assert!(!std::fs::symlink_metadata(copy.join("t/a"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Back to a symlink, then gone: nothing deleted through it.
+        std::fs::write(victim.join("keep"), "k").unwrap();
+        std::fs::remove_dir_all(src.join("a")).unwrap();
+        std::os::unix::fs::symlink(&victim, src.join("a")).unwrap();
+        w.scan(&root, &tmpfs).unwrap();
+        std::fs::remove_file(src.join("a")).unwrap();
+        w.scan(&root, &tmpfs).unwrap();
+        assert!(std::fs::symlink_metadata(copy.join("t/a")).is_err());
+        assert!(victim.join("keep").exists());
     }
 }

@@ -301,7 +301,7 @@ fn mount_entry(
             .as_ref()
             .ok_or_else(|| anyhow!("the bind mount has no source"))?;
         // One resolution, held as a descriptor: a symlink swapped in afterwards changes nothing.
-        let src_fd = open_bind_source(run_dir, src)?;
+        let src_fd = crate::fsutil::open_bind_source(run_dir, src)?;
         let is_dir = fstat(src_fd.as_raw_fd())
             .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
             .with_context(|| format!("cannot stat the source {}", src.display()))?;
@@ -369,44 +369,6 @@ fn mount_entry(
         .context("cannot set the mount propagation")?;
     }
     Ok(())
-}
-
-/// Opens a bind mount's source (`O_PATH`). Below `run_dir` (the shared volumes, which other
-/// containers and the host can change) no symlink may be crossed and the path must stay
-/// inside; elsewhere (the guest's own paths) it is resolved once, as it is.
-fn open_bind_source(run_dir: Option<&Path>, src: &Path) -> Result<OwnedFd> {
-    let clean = crate::validate::clean(src);
-    if let Some(run) = run_dir.filter(|r| clean.starts_with(r) && src.is_absolute()) {
-        if src
-            .components()
-            .any(|c| c == std::path::Component::ParentDir)
-        {
-            bail!("the bind source {} contains \"..\"", src.display());
-        }
-        let rel = clean.strip_prefix(run).unwrap_or(Path::new(""));
-        let dir = File::open(run).with_context(|| format!("cannot open {}", run.display()))?;
-        return openat2(
-            dir.as_raw_fd(),
-            rel,
-            libc::O_PATH,
-            0,
-            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-        )
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) | Some(libc::EXDEV) => anyhow!(
-                "the bind source {} goes through a symlink below {}: refused",
-                src.display(),
-                run.display()
-            ),
-            _ => anyhow!("cannot open the bind source {}: {e}", src.display()),
-        });
-    }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH)
-        .open(src)
-        .with_context(|| format!("cannot resolve the source {}", src.display()))?;
-    Ok(OwnedFd::from(f))
 }
 
 fn mount_cgroup(rootfd: i32, dest: &Path, flags: MsFlags, cgroups: &[CgroupDir]) -> Result<()> {
@@ -736,7 +698,9 @@ fn mask_paths(paths: &[String]) -> Result<()> {
                 0,
                 RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
             )
-            .map_err(|e| anyhow!("cannot open /dev/null to mask paths with: {e}"))?;
+            .map_err(|e| {
+                anyhow!("/dev/null of the container (a symlink?) cannot be opened as the null device to mask paths with: {e}")
+            })?;
             if !is_dev_null(&fd)? {
                 bail!("/dev/null of the container is not the null device (1:3): refusing to mask paths with it");
             }

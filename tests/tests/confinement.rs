@@ -35,7 +35,7 @@ fn pod_mounts(pod: &Pod) -> Vec<String> {
 
 fn is_mounted(p: &Path) -> bool {
     let p = p.display().to_string();
-    all_mount_points().iter().any(|m| *m == p)
+    all_mount_points().contains(&p)
 }
 
 /// A sandbox whose shared directory is a tmpfs mounted by the virtio-fs driver.
@@ -326,6 +326,9 @@ fn spec_mounts_through_planted_symlinks_stay_confined() {
     });
 }
 
+/// Replaces the /dev/null of a rootfs.
+type MakeNull = Box<dyn FnOnce(&Path)>;
+
 /// A private copy of the busybox rootfs whose /dev/null is replaced by `make`.
 fn rootfs_with(pod: &Pod, name: &str, make: impl FnOnce(&Path)) -> PathBuf {
     let root = pod.agent.dir.path().join(name);
@@ -353,7 +356,7 @@ fn masked_paths_never_use_the_image_dev_null() {
         let pod = Pod::new(TestAgent::start()).await;
         pod.create_sandbox(vec![]).await.unwrap();
         let zero = libc::makedev(1, 5);
-        let variants: Vec<(&str, Box<dyn FnOnce(&Path)>)> = vec![
+        let variants: Vec<(&str, MakeNull)> = vec![
             (
                 "symlink",
                 Box::new(|r: &Path| {

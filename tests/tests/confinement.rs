@@ -488,6 +488,7 @@ fn copy_file_never_removes_mounted_directories() {
             "mounted content\n"
         );
         assert!(is_mounted(&rootfs) && is_mounted(&holder.join("inner")));
+        assert!(holder.join("inner").is_dir());
         // Offsets and sizes that do not add up.
         let f = shared.join("c3/f");
         for (size, offset) in [(10, i64::MAX), (1, 1), (0, 0)] {

@@ -315,7 +315,7 @@ pub fn format_cpu_list(set: &BTreeSet<u32>) -> String {
     let mut it = set.iter().copied().peekable();
     while let Some(start) = it.next() {
         let mut end = start;
-        while it.peek() == Some(&(end + 1)) {
+        while end < u32::MAX && it.peek() == Some(&(end + 1)) {
             end = it.next().unwrap();
         }
         out.push(if start == end {

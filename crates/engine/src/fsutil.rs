@@ -196,6 +196,19 @@ pub const MAX_REMOVE_DEPTH: u32 = 128;
 /// entered: a directory that is (or holds) a mount point is an `EXDEV` error and what is
 /// mounted stays untouched. A missing entry is fine.
 pub fn remove_at(dir: RawFd, name: &OsStr, recursive: bool) -> io::Result<()> {
+    if recursive {
+        // Refuse up front, before anything is deleted, when the mount table shows a mount at or
+        // below the directory (the walk below refuses to enter one in any case).
+        if let Ok(parent) = std::fs::read_link(format!("/proc/self/fd/{dir}")) {
+            let path = parent.join(name);
+            if mountinfo()?
+                .iter()
+                .any(|m| m.mount_point.starts_with(&path))
+            {
+                return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            }
+        }
+    }
     remove_depth(dir, name, recursive, 0)
 }
 

@@ -147,7 +147,8 @@ fn collect(src: &OwnedFd, is_dir: bool) -> std::result::Result<Vec<Item>, ScanEr
                 _ => continue, // sockets, fifos, devices are not copied
             };
             if kind != Kind::Dir {
-                size += st.st_size as u64;
+                // Sizes come from the host's file system: never wrap.
+                size = size.saturating_add(u64::try_from(st.st_size).unwrap_or(u64::MAX));
             }
             items.push(Item {
                 rel: rel.clone(),

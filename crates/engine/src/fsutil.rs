@@ -196,7 +196,8 @@ pub const MAX_REMOVE_DEPTH: u32 = 128;
 /// entered: a directory that is (or holds) a mount point is an `EXDEV` error and what is
 /// mounted stays untouched. A missing entry is fine.
 pub fn remove_at(dir: RawFd, name: &OsStr, recursive: bool) -> io::Result<()> {
-    if recursive {
+    let is_dir = lstat_at(dir, name).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+    if recursive && is_dir {
         // Refuse up front, before anything is deleted, when the mount table shows a mount at or
         // below the directory (the walk below refuses to enter one in any case).
         if let Ok(parent) = std::fs::read_link(format!("/proc/self/fd/{dir}")) {

@@ -1585,6 +1585,7 @@ fn diagnostic_data_returns_the_termination_message() {
             ttrpc::Code::INVALID_ARGUMENT,
         );
         fx.remove("d1").await;
+        std::fs::remove_dir_all(fx.agent.run_dir.join("shared")).unwrap();
         fx.finish().await;
     });
 }

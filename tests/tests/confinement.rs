@@ -209,6 +209,25 @@ fn agent_directories_are_reserved() {
                 ttrpc::Code::PERMISSION_DENIED,
             );
         }
+        // An overlay whose upper layer is an agent directory: the container would write there.
+        std::fs::create_dir_all(shared.join("lower")).unwrap();
+        std::fs::create_dir_all(run.join("sandbox/work")).unwrap();
+        let st = storage(
+            "overlayfs",
+            "overlay",
+            "overlay",
+            &run.join("sandbox/storage/ovl"),
+            &[
+                &format!("lowerdir={}", shared.join("lower").display()),
+                &format!("upperdir={}", run.join("sandbox").display()),
+                &format!("workdir={}", run.join("sandbox/work").display()),
+            ],
+        );
+        assert_code(
+            pod.try_create("c9", spec(None, "true", vec![]), vec![st], vec![])
+                .await,
+            ttrpc::Code::PERMISSION_DENIED,
+        );
         assert_eq!(pod_mounts(&pod), before, "a mount appeared");
         pod.destroy_sandbox().await;
         assert!(pod.mounts().is_empty(), "{:?}", pod.mounts());

@@ -101,7 +101,7 @@ pub async fn create(ctx: &Ctx<'_>, req: &Request) -> Result<Cleanup> {
         }
         Driver::Overlayfs => {
             let cid = ctx.container_id.map(str::to_string);
-            blocking(move || overlay(&root, &r, cid.as_deref())).await
+            blocking(move || overlay(&root, &reserved, &r, cid.as_deref())).await
         }
         Driver::Ephemeral => {
             let sysfs = ctx.sysfs.to_path_buf();
@@ -394,7 +394,7 @@ fn common_mount(
 }
 
 /// overlayfs, including the rw form whose upper and work directories belong to the container.
-fn overlay(root: &Root, req: &Request, cid: Option<&str>) -> Result<Cleanup> {
+fn overlay(root: &Root, reserved: &Reserved, req: &Request, cid: Option<&str>) -> Result<Cleanup> {
     let mut cleanup = Cleanup::default();
     let undo = |c: &Cleanup| super::clean(root, c, None);
     for d in &req.driver_options {
@@ -449,7 +449,7 @@ fn overlay(root: &Root, req: &Request, cid: Option<&str>) -> Result<Cleanup> {
     // The layers are paths too: keep them below the storage root.
     let mut checked = Vec::with_capacity(opts_list.len());
     for o in opts_list {
-        match confine_layer_option(root, &o) {
+        match confine_layer_option(root, reserved, &o) {
             Ok(o) => checked.push(o),
             Err(e) => {
                 undo(&cleanup);
@@ -484,7 +484,7 @@ fn overlay(root: &Root, req: &Request, cid: Option<&str>) -> Result<Cleanup> {
 
 /// `lowerdir=`, `upperdir=`, `workdir=`: every path must exist below the storage root; the option
 /// is rewritten with the resolved paths.
-fn confine_layer_option(root: &Root, opt: &str) -> Result<String> {
+fn confine_layer_option(root: &Root, reserved: &Reserved, opt: &str) -> Result<String> {
     let Some((key, value)) = opt.split_once('=') else {
         return Ok(opt.to_string());
     };
@@ -500,6 +500,8 @@ fn confine_layer_option(root: &Root, opt: &str) -> Result<String> {
     for part in value.split(':') {
         let p = clean_absolute(&format!("overlay {key}"), part)?;
         let r = root.resolve(&format!("overlay {key}"), &p)?;
+        // An upper layer in one of the agent's directories would let the container write there.
+        reserved.check(&format!("overlay {key}"), &r.real)?;
         out.push(r.real.display().to_string());
     }
     Ok(format!("{key}={}", out.join(":")))

@@ -614,4 +614,30 @@ mod tests {
         assert!(root.path.join("m/mnt/precious").exists());
         nix::mount::umount2(&root.path.join("m/mnt"), nix::mount::MntFlags::MNT_DETACH).unwrap();
     }
+
+    #[test]
+    fn regular_files_only_below_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("shared");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("log"), "bye\n").unwrap();
+        nix::unistd::mkfifo(
+            &root.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("out")).unwrap();
+        let read = |p: &Path| read_regular_beneath(&root, "log", p, 4096);
+        assert_eq!(read(&root.join("log")).unwrap(), b"bye\n");
+        assert!(read(&root.join("missing")).unwrap().is_empty());
+        for p in [
+            root.join("fifo"),
+            root.join("out"),
+            dir.path().join("secret"),
+        ] {
+            let e = read(&p).unwrap_err();
+            assert_eq!(e.code, ttrpc::Code::INVALID_ARGUMENT, "{p:?}: {e}");
+        }
+    }
 }

@@ -345,6 +345,76 @@ fn spec_mounts_through_planted_symlinks_stay_confined() {
     });
 }
 
+/// CVE-2021-30465, the race: while containers are created, another "container" keeps swapping
+/// the bind source between a directory and a symlink to a guest directory (atomic exchange).
+/// Each creation either binds the real directory or is refused; the guest directory never shows
+/// up in a container.
+#[test]
+fn bind_source_swapped_during_creation_never_binds_the_symlink_target() {
+    rt().block_on(async {
+        let (pod, shared) = pod_with_share().await;
+        let victim = victim(&pod);
+        let vol = shared.join("race");
+        std::fs::create_dir_all(vol.join("sub")).unwrap();
+        std::fs::write(vol.join("sub/marker"), "real\n").unwrap();
+        std::os::unix::fs::symlink(&victim, vol.join("other")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (stop, vol) = (stop.clone(), vol.clone());
+            std::thread::spawn(move || {
+                let mut swaps = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    nix::fcntl::renameat2(
+                        None,
+                        &vol.join("sub"),
+                        None,
+                        &vol.join("other"),
+                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                    )
+                    .unwrap();
+                    swaps += 1;
+                }
+                swaps
+            })
+        };
+        let (mut bound, mut refused) = (0, 0);
+        for i in 0..12 {
+            let cid = format!("r{i}");
+            let s = spec(
+                None,
+                "cat /tmp/x/marker /tmp/x/keep 2>/dev/null; true",
+                vec![bind(&vol.join("sub"), "/tmp/x")],
+            );
+            match pod.try_create(&cid, s, vec![], vec![]).await {
+                Ok(()) => {
+                    let (_, out) = pod.run_init(&cid).await;
+                    assert!(
+                        !out.contains("precious"),
+                        "the symlink target was bound: {out}"
+                    );
+                    bound += 1;
+                    pod.remove(&cid).await;
+                }
+                Err(e) => {
+                    let (code, msg) = status_of::<()>(Err(e));
+                    assert!(
+                        matches!(code, ttrpc::Code::INVALID_ARGUMENT | ttrpc::Code::INTERNAL),
+                        "{code:?}: {msg}"
+                    );
+                    assert!(msg.contains("symlink") || msg.contains("source"), "{msg}");
+                    refused += 1;
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(swapper.join().unwrap() > 0);
+        assert_eq!(bound + refused, 12);
+        assert_victim_untouched(&victim);
+        pod.destroy_sandbox().await;
+        assert!(pod.mounts().is_empty(), "{:?}", pod.mounts());
+    });
+}
+
 /// Replaces the /dev/null of a rootfs.
 type MakeNull = Box<dyn FnOnce(&Path)>;
 

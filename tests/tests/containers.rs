@@ -1556,7 +1556,10 @@ fn user_groups_umask_cwd_env_rlimits_and_capabilities() {
 fn diagnostic_data_returns_the_termination_message() {
     rt().block_on(async {
         let fx = Fx::new("diag").await;
-        let term = fx.dir("term").join("termination-log");
+        // The message file must be below the shared directory.
+        let shared = fx.agent.run_dir.join("shared/containers");
+        std::fs::create_dir_all(&shared).unwrap();
+        let term = shared.canonicalize().unwrap().join("d1-termination-log");
         std::fs::write(&term, "").unwrap();
         let mut spec = fx.spec("d1", sh("echo bye > /dev/termination-log"));
         spec.Mounts.push(mount(
@@ -1582,6 +1585,7 @@ fn diagnostic_data_returns_the_termination_message() {
             ttrpc::Code::INVALID_ARGUMENT,
         );
         fx.remove("d1").await;
+        std::fs::remove_dir_all(fx.agent.run_dir.join("shared")).unwrap();
         fx.finish().await;
     });
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{AgentError, Result};
-use crate::storage::confine::{clean_absolute, fd_path, Root};
+use crate::storage::confine::{clean_absolute, Root};
 use crate::storage::drivers::find_tool;
 use crate::storage::mount::mount_at;
 
@@ -131,24 +131,46 @@ pub struct VolumeStats {
 pub fn volume_stats(root: &Root, path: &str) -> Result<VolumeStats> {
     let p = clean_absolute("volume_guest_path", path)?;
     let r = root.resolve("volume_guest_path", &p)?;
-    let file = std::fs::File::open(fd_path(&r.fd))
-        .map_err(|e| AgentError::internal(format!("cannot open {path}: {e}")))?;
-    let st = nix::sys::statvfs::fstatvfs(&file)
+    // fstatvfs works on the O_PATH descriptor itself: nothing is opened (a FIFO never blocks).
+    let st = nix::sys::statvfs::fstatvfs(&r.fd)
         .map_err(|e| AgentError::internal(format!("cannot statvfs {path}: {e}")))?;
     let frag = if st.fragment_size() > 0 {
         st.fragment_size()
     } else {
         st.block_size()
     } as u64;
-    let blocks = st.blocks() as u64;
-    let bfree = st.blocks_free() as u64;
-    let bavail = st.blocks_available() as u64;
-    let files = st.files() as u64;
-    let ffree = st.files_free() as u64;
+    stats_from(
+        path,
+        frag,
+        [
+            st.blocks() as u64,
+            st.blocks_free() as u64,
+            st.blocks_available() as u64,
+            st.files() as u64,
+            st.files_free() as u64,
+        ],
+    )
+}
+
+/// Usage from statvfs numbers (`[blocks, bfree, bavail, files, ffree]` and the block size). The
+/// numbers come from the file system, which for a shared volume is the host's: a product that
+/// does not fit is an error, never a wrapped value.
+fn stats_from(
+    path: &str,
+    frag: u64,
+    [blocks, bfree, bavail, files, ffree]: [u64; 5],
+) -> Result<VolumeStats> {
+    let bytes = |n: u64, what: &str| {
+        n.checked_mul(frag).ok_or_else(|| {
+            AgentError::internal(format!(
+                "the file system of {path} reports an impossible {what} ({n} blocks of {frag} bytes)"
+            ))
+        })
+    };
     Ok(VolumeStats {
-        bytes_total: blocks * frag,
-        bytes_available: bavail * frag,
-        bytes_used: blocks.saturating_sub(bfree) * frag,
+        bytes_total: bytes(blocks, "size")?,
+        bytes_available: bytes(bavail, "free space")?,
+        bytes_used: bytes(blocks.saturating_sub(bfree), "used space")?,
         inodes_total: files,
         inodes_available: ffree,
         inodes_used: files.saturating_sub(ffree),
@@ -306,7 +328,7 @@ pub fn format_cpu_list(set: &BTreeSet<u32>) -> String {
     let mut it = set.iter().copied().peekable();
     while let Some(start) = it.next() {
         let mut end = start;
-        while it.peek() == Some(&(end + 1)) {
+        while end < u32::MAX && it.peek() == Some(&(end + 1)) {
             end = it.next().unwrap();
         }
         out.push(if start == end {
@@ -399,6 +421,21 @@ pub fn mem_hotplug_probe(sysfs: &Path, addrs: &[u64]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volume_stats_arithmetic_is_checked() {
+        let st = stats_from("/v", 4096, [10, 4, 3, 100, 60]).unwrap();
+        assert_eq!(
+            (st.bytes_total, st.bytes_available, st.bytes_used),
+            (40960, 12288, 24576)
+        );
+        assert_eq!(st.inodes_used, 40);
+        let e = stats_from("/v", 1 << 20, [u64::MAX / 2, 0, 0, 0, 0]).unwrap_err();
+        assert_eq!(e.code, ttrpc::Code::INTERNAL);
+        assert!(e.message.contains("impossible"), "{e}");
+        // More free than total: used saturates at 0.
+        assert_eq!(stats_from("/v", 1, [1, 5, 5, 1, 9]).unwrap().bytes_used, 0);
+    }
 
     #[test]
     fn memory_details_from_synthetic_sysfs() {

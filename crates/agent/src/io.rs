@@ -263,10 +263,32 @@ impl StreamReader {
     }
 }
 
+/// Most stdin bytes that may wait for a process to read them (across queued WriteStdin calls,
+/// the one being written included). Past it, WriteStdin is RESOURCE_EXHAUSTED.
+pub const MAX_QUEUED_STDIN: usize = 8 << 20;
+/// Most WriteStdin calls that may wait for one process at a time.
+pub const MAX_QUEUED_WRITES: usize = 64;
+
 /// The agent's write end of stdin (a pipe or the pty master).
 pub struct StreamWriter {
     fd: AsyncFd<FdRef>,
     lock: Mutex<()>,
+    /// Bytes and calls waiting or being written (bounded by the constants above).
+    queued: std::sync::Mutex<(usize, usize)>,
+}
+
+/// Gives back a write's share of the queue however the write ends (cancellation included).
+struct Queued<'a> {
+    writer: &'a StreamWriter,
+    len: usize,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let mut q = self.writer.queued.lock().unwrap();
+        q.0 -= self.len;
+        q.1 -= 1;
+    }
 }
 
 impl StreamWriter {
@@ -280,11 +302,31 @@ impl StreamWriter {
                 AgentError::internal(format!("cannot watch stdin: {}", e.into_parts().1))
             })?,
             lock: Mutex::new(()),
+            queued: std::sync::Mutex::new((0, 0)),
         })
     }
 
-    /// Writes all of `data`, waiting (without blocking the agent) while the pipe is full.
+    fn enqueue(&self, len: usize) -> Result<Queued<'_>> {
+        let mut q = self.queued.lock().unwrap();
+        let bytes = q.0.saturating_add(len);
+        if bytes > MAX_QUEUED_STDIN || q.1 >= MAX_QUEUED_WRITES {
+            return Err(AgentError::new(
+                ttrpc::Code::RESOURCE_EXHAUSTED,
+                format!(
+                    "stdin is full: {} bytes in {} writes already wait for the process to read \
+                     them (at most {MAX_QUEUED_STDIN} bytes in {MAX_QUEUED_WRITES} writes)",
+                    q.0, q.1
+                ),
+            ));
+        }
+        *q = (bytes, q.1 + 1);
+        Ok(Queued { writer: self, len })
+    }
+
+    /// Writes all of `data`, waiting (without blocking the agent) while the pipe is full. Writes
+    /// queue behind each other up to [`MAX_QUEUED_STDIN`] bytes and [`MAX_QUEUED_WRITES`] calls.
     pub async fn write_all(&self, data: &[u8]) -> Result<()> {
+        let _queued = self.enqueue(data.len())?;
         let _serial = self.lock.lock().await;
         let mut done = 0;
         while done < data.len() {
@@ -442,5 +484,23 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn queued_stdin_is_bounded() {
+        let (parent, child) = create_stdio(false, 0).unwrap();
+        let writer = parent.stdin.unwrap();
+        // Nobody reads: the first write fills the pipe and waits.
+        let big = vec![b'x'; MAX_QUEUED_STDIN - 1000];
+        let w = writer.clone();
+        let pending_write = tokio::spawn(async move { w.write_all(&big).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let e = writer.write_all(&[b'y'; 2000]).await.unwrap_err();
+        assert_eq!(e.code, ttrpc::Code::RESOURCE_EXHAUSTED, "{e}");
+        // A cancelled write gives its share back.
+        pending_write.abort();
+        let _ = pending_write.await;
+        assert_eq!(*writer.queued.lock().unwrap(), (0, 0));
+        drop(child);
     }
 }

@@ -34,7 +34,8 @@ impl SharedNamespaces {
         // Leftovers of an earlier agent (e.g. after a crash) are replaced.
         ns.remove();
         for path in [&ns.ipc, &ns.uts] {
-            File::create(path).map_err(|e| {
+            // A new, empty file, never through a symlink.
+            engine::fsutil::write_file_nofollow(path, b"", 0o644, true).map_err(|e| {
                 AgentError::internal(format!("cannot create {}: {e}", path.display()))
             })?;
         }

@@ -113,7 +113,7 @@ impl Agent {
             agent_pid_is_1: init_mode,
             ..Default::default()
         };
-        let storages = crate::storage::Storages::new(&paths.run_dir);
+        let storages = crate::storage::Storages::new(&paths.run_dir, &paths.sandbox_ns_dir);
         let devices = crate::device::Devices::new(&paths.sysfs_root, &paths.dev_root);
         Arc::new(Agent {
             config,
@@ -339,11 +339,14 @@ fn apply_dns(agent: &Agent, state: &mut SandboxState, dns: &[String]) -> Result<
     // Before the bind mount exists, write through a temporary file so that a reader
     // never sees a half-written file. Once mounted, the mount pins the inode, so the
     // file must be rewritten in place (a rename would leave the mount on the old one).
+    // Never through a symlink: O_NOFOLLOW, and O_EXCL for the new temporary file.
     let written = if state.dns_mounted {
-        std::fs::write(&source, content)
+        engine::fsutil::write_file_nofollow(&source, content.as_bytes(), 0o644, false)
     } else {
         let tmp = agent.paths.sandbox_dir.join(".resolv.conf.tmp");
-        std::fs::write(&tmp, content).and_then(|_| std::fs::rename(&tmp, &source))
+        let _ = std::fs::remove_file(&tmp);
+        engine::fsutil::write_file_nofollow(&tmp, content.as_bytes(), 0o644, true)
+            .and_then(|_| std::fs::rename(&tmp, &source))
     };
     written.map_err(|e| AgentError::internal(format!("cannot write {}: {e}", source.display())))?;
     if !state.dns_mounted {

@@ -281,7 +281,13 @@ impl Container {
             spec.set_root(Some(root));
         }
         if let Ok(json) = serde_json::to_vec_pretty(&*spec) {
-            let _ = std::fs::write(bundle.join("config.json"), json);
+            // Never through a symlink planted in the bundle.
+            let _ = crate::fsutil::write_file_nofollow(
+                &bundle.join("config.json"),
+                &json,
+                0o600,
+                false,
+            );
         }
 
         let resources = spec

@@ -1,6 +1,10 @@
 //! File system helpers: path resolution confined to a root, mount table queries.
 
 use std::ffi::CString;
+use std::ffi::OsStr;
+use std::os::unix::fs::OpenOptionsExt;
+
+use anyhow::Context;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -13,7 +17,9 @@ struct OpenHow {
     resolve: u64,
 }
 
-/// `openat2(2)` resolve flags (linux/openat2.h).
+/// `openat2(2)` resolve flags (linux/openat2.h): never cross a mount point.
+pub const RESOLVE_NO_XDEV: u64 = 0x01;
+/// Fail on `/proc/self/fd`-style magic links.
 pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 /// Fail on any symlink.
 pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
@@ -157,6 +163,233 @@ pub fn create_file_in_root(root: RawFd, path: &Path) -> io::Result<()> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn lstat_at(dir: RawFd, name: &OsStr) -> io::Result<libc::stat> {
+    let c = cstr(Path::new(name))?;
+    // SAFETY: a zeroed stat is a valid output buffer for fstatat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatat on a directory fd with a NUL-terminated name and a valid buffer.
+    if unsafe { libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// `fstat` of an open descriptor (`O_PATH` descriptors included).
+pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: a zeroed stat is a valid output buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a descriptor with a valid buffer.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// Most directory levels [`remove_at`] descends (each level holds one descriptor).
+pub const MAX_REMOVE_DEPTH: u32 = 128;
+
+/// Removes `name` in the directory `dir`: a file or symlink is unlinked, a directory removed
+/// (with its contents when `recursive`). Symlinks are never followed and no mount point is
+/// entered: a directory that is (or holds) a mount point is an `EXDEV` error and what is
+/// mounted stays untouched. A missing entry is fine.
+pub fn remove_at(dir: RawFd, name: &OsStr, recursive: bool) -> io::Result<()> {
+    let is_dir = lstat_at(dir, name).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+    if recursive && is_dir {
+        // Refuse up front, before anything is deleted, when the mount table shows a mount at or
+        // below the directory (the walk below refuses to enter one in any case).
+        if let Ok(parent) = std::fs::read_link(format!("/proc/self/fd/{dir}")) {
+            let path = parent.join(name);
+            if mountinfo()?
+                .iter()
+                .any(|m| m.mount_point.starts_with(&path))
+            {
+                return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            }
+        }
+    }
+    remove_depth(dir, name, recursive, 0)
+}
+
+fn remove_depth(dir: RawFd, name: &OsStr, recursive: bool, depth: u32) -> io::Result<()> {
+    let c = cstr(Path::new(name))?;
+    let st = match lstat_at(dir, name) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        // SAFETY: unlinkat relative to a directory fd the caller owns.
+        if unsafe { libc::unlinkat(dir, c.as_ptr(), 0) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+        }
+        return Ok(());
+    }
+    if recursive {
+        if depth >= MAX_REMOVE_DEPTH {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        let sub = openat2(
+            dir,
+            Path::new(name),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+        )?;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(fd_path(&sub))? {
+            names.push(entry?.file_name());
+        }
+        for n in names {
+            remove_depth(sub.as_raw_fd(), &n, true, depth + 1)?;
+        }
+    }
+    // SAFETY: unlinkat relative to a directory fd the caller owns.
+    if unsafe { libc::unlinkat(dir, c.as_ptr(), libc::AT_REMOVEDIR) } != 0 {
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOENT) => {}
+            // A mount point cannot be removed: report it like the descent does.
+            Some(libc::EBUSY) => return Err(io::Error::from_raw_os_error(libc::EXDEV)),
+            _ => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` to the file `name` in directory `dir`, never through a symlink: the file is
+/// created with `O_NOFOLLOW` (and `O_EXCL` when `exclusive`), or truncated in place when it is
+/// already a regular file.
+pub fn write_file_at(
+    dir: RawFd,
+    name: &OsStr,
+    data: &[u8],
+    mode: u32,
+    exclusive: bool,
+) -> io::Result<()> {
+    use std::io::Write;
+    let c = cstr(Path::new(name))?;
+    let mut flags =
+        libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    if exclusive {
+        flags |= libc::O_EXCL;
+    }
+    // SAFETY: openat relative to a directory fd the caller owns.
+    let fd = unsafe { libc::openat(dir, c.as_ptr(), flags, mode) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let st = fstat(fd.as_raw_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut f = std::fs::File::from(fd);
+    f.set_len(0)?;
+    f.write_all(data)
+}
+
+/// Writes `data` to the file at `path` (absolute), opening its parent directory without
+/// following a symlink in the last component and the file itself with `O_NOFOLLOW`; see
+/// [`write_file_at`].
+pub fn write_file_nofollow(path: &Path, data: &[u8], mode: u32, exclusive: bool) -> io::Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no file name"));
+    };
+    let dir = std::fs::File::open(parent)?;
+    write_file_at(dir.as_raw_fd(), name, data, mode, exclusive)
+}
+
+/// Bind-mounts the object open at `src` onto the object open at `target` with `open_tree(2)`
+/// and `move_mount(2)`: neither side is looked up by path (no `/proc` needed either).
+pub fn bind_fd(src: &OwnedFd, target: &OwnedFd, recursive: bool) -> io::Result<()> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    let empty = c"";
+    let mut flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: open_tree on a descriptor we own with an empty path.
+    let tree =
+        unsafe { libc::syscall(libc::SYS_open_tree, src.as_raw_fd(), empty.as_ptr(), flags) };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    // SAFETY: move_mount between two descriptors we own, both with empty paths.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            target.as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens a bind mount's source (`O_PATH`). Below `run_dir` (the shared volumes, which other
+/// containers and the host can change) no symlink may be crossed and the path must stay
+/// inside; elsewhere (the guest's own paths) it is resolved once, as it is.
+pub fn open_bind_source(run_dir: Option<&Path>, src: &Path) -> anyhow::Result<OwnedFd> {
+    let clean = crate::validate::clean(src);
+    if let Some(run) = run_dir.filter(|r| clean.starts_with(r) && src.is_absolute()) {
+        if src
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            anyhow::bail!("the bind source {} contains \"..\"", src.display());
+        }
+        let rel = clean.strip_prefix(run).unwrap_or(Path::new(""));
+        let dir =
+            std::fs::File::open(run).with_context(|| format!("cannot open {}", run.display()))?;
+        return openat2(
+            dir.as_raw_fd(),
+            rel,
+            libc::O_PATH,
+            0,
+            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        )
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::EXDEV) => anyhow::anyhow!(
+                "the bind source {} goes through a symlink below {}: refused",
+                src.display(),
+                run.display()
+            ),
+            _ => anyhow::anyhow!("cannot open the bind source {}: {e}", src.display()),
+        });
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(src)
+        .with_context(|| format!("cannot resolve the source {}", src.display()))?;
+    Ok(OwnedFd::from(f))
+}
+
+/// Whether the open object is the null character device (1:3).
+pub fn is_dev_null(fd: &OwnedFd) -> io::Result<bool> {
+    let st = fstat(fd.as_raw_fd())?;
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 3))
 }
 
 /// The `/proc/self/fd/N` path naming an open fd (used as a mount target so the

@@ -167,7 +167,8 @@ pub async fn get_oom_event(agent: &Agent, _req: GetOOMEventRequest) -> Result<OO
     Ok(event)
 }
 
-/// GetDiagnosticData: the container's termination message (at most 4096 bytes).
+/// GetDiagnosticData: the container's termination message (at most 4096 bytes). The message
+/// file must be a regular file below the shared directory; a missing one gives empty data.
 pub async fn get_diagnostic_data(
     agent: &Agent,
     req: GetDiagnosticDataRequest,
@@ -201,19 +202,17 @@ pub async fn get_diagnostic_data(
                 "no mount provides the termination message path {path}"
             ))
         })?;
+    let shared = agent.paths.shared_dir.clone();
     let data = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut buf = Vec::new();
-        match std::fs::File::open(&source) {
-            Ok(f) => {
-                let _ = f.take(4096).read_to_end(&mut buf);
-            }
-            Err(_) => buf.clear(),
-        }
-        buf
+        crate::storage::confine::read_regular_beneath(
+            &shared,
+            "termination message source",
+            &source,
+            4096,
+        )
     })
     .await
-    .map_err(|e| AgentError::internal(e.to_string()))?;
+    .map_err(|e| AgentError::internal(e.to_string()))??;
     let mut resp = GetDiagnosticDataResponse::new();
     resp.data = String::from_utf8_lossy(&data).into_owned();
     Ok(resp)

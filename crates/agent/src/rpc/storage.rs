@@ -38,6 +38,7 @@ pub async fn prepare_container(
     req: &CreateContainerRequest,
     spec: &mut Spec,
 ) -> Result<(Vec<PathBuf>, device::container::PciMap)> {
+    storage::confine::check_bind_sources(&agent.paths.run_dir, spec)?;
     if req.storages.is_empty() && req.devices.is_empty() {
         return Ok(Default::default());
     }

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use protocols::agent::CopyFileRequest;
 
-use super::confine::{clean_absolute, fd_path, Root};
+use super::confine::{clean_absolute, fd_path, remove_at, remove_error, Root};
 use crate::error::{AgentError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,20 +64,10 @@ fn existing(dir: &OwnedFd, name: &std::ffi::OsStr) -> Option<u32> {
 }
 
 /// Removes whatever is at `name` in `dir` (recursively for a directory).
+/// Symlinks are not followed and mount points are not entered: replacing a directory that is or
+/// holds a mount (a container's rootfs) is PERMISSION_DENIED and leaves it untouched.
 fn remove_entry(dir: &OwnedFd, name: &std::ffi::OsStr, shown: &Path) -> Result<()> {
-    match existing(dir, name) {
-        None => Ok(()),
-        Some(libc::S_IFDIR) => std::fs::remove_dir_all(fd_path(dir).join(name))
-            .map_err(|e| AgentError::internal(format!("cannot remove {}: {e}", shown.display()))),
-        Some(_) => {
-            let cn = c(name)?;
-            // SAFETY: unlinkat relative to a directory descriptor we own.
-            if unsafe { libc::unlinkat(dir.as_raw_fd(), cn.as_ptr(), 0) } != 0 {
-                return Err(os_err("remove", shown));
-            }
-            Ok(())
-        }
-    }
+    remove_at(dir.as_raw_fd(), name, true).map_err(|e| remove_error(shown, e))
 }
 
 fn chown_fd(fd: &OwnedFd, uid: i32, gid: i32, shown: &Path) -> Result<()> {
@@ -131,6 +121,19 @@ pub fn copy_file(shared: &Path, req: &CopyFileRequest) -> Result<()> {
         return Err(AgentError::invalid_argument(format!(
             "negative offset ({}) or file_size ({})",
             req.offset, req.file_size
+        )));
+    }
+    let end = u64::try_from(req.data.len())
+        .ok()
+        .and_then(|len| (req.offset as u64).checked_add(len));
+    if !matches!(end, Some(end) if end <= req.file_size as u64)
+        && kind_of(req.file_mode)? == Kind::File
+    {
+        return Err(AgentError::invalid_argument(format!(
+            "chunk of {} bytes at offset {} goes past file_size {}",
+            req.data.len(),
+            req.offset,
+            req.file_size
         )));
     }
     let kind = kind_of(req.file_mode)?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::mount::MsFlags;
 use tracing::info;
 
-use super::confine::{clean_absolute, fd_path, Resolved, Root};
+use super::confine::{clean_absolute, fd_path, Reserved, Resolved, Root};
 use super::fsgroup;
 use super::mount::{mount_at, mount_on};
 use super::options::{self, MountOptions};
@@ -28,6 +28,7 @@ const MKFS_TIMEOUT: Duration = Duration::from_secs(300);
 /// What the drivers need from the agent.
 pub struct Ctx<'a> {
     pub root: &'a Root,
+    pub reserved: &'a Reserved,
     pub devices: &'a Devices,
     pub hotplug_timeout: Duration,
     pub sysfs: &'a Path,
@@ -54,7 +55,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// Runs the driver of `req`.
 pub async fn create(ctx: &Ctx<'_>, req: &Request) -> Result<Cleanup> {
     tracing::debug!(subsystem = "storage", driver = %req.driver_name, source = %req.source, fstype = %req.fstype, options = ?req.options, mount_point = %req.mount_point.display(), "setting up storage");
+    check_fstype(req)?;
     let root = ctx.root.clone();
+    let reserved = ctx.reserved.clone();
     let r = req.clone();
     let t = ctx.hotplug_timeout;
     match req.driver {
@@ -92,14 +95,14 @@ pub async fn create(ctx: &Ctx<'_>, req: &Request) -> Result<Cleanup> {
         Driver::VirtioFs | Driver::NineP => {
             blocking(move || {
                 let opts = options::parse(&r.options)?;
-                let source = bind_or_tag(&root, &r, &opts)?;
+                let source = bind_or_tag(&root, &reserved, &r, &opts)?;
                 common_mount(&root, source, &r, &r.fstype, &opts)
             })
             .await
         }
         Driver::Overlayfs => {
             let cid = ctx.container_id.map(str::to_string);
-            blocking(move || overlay(&root, &r, cid.as_deref())).await
+            blocking(move || overlay(&root, &reserved, &r, cid.as_deref())).await
         }
         Driver::Ephemeral => {
             let sysfs = ctx.sysfs.to_path_buf();
@@ -112,6 +115,7 @@ pub async fn create(ctx: &Ctx<'_>, req: &Request) -> Result<Cleanup> {
                 return Ok(Cleanup::default());
             };
             let source = clean_absolute("watchable source", &req.source)?;
+            ctx.reserved.check("watchable source", &source)?;
             let watcher = ctx.watcher.clone();
             let cid = cid.to_string();
             blocking(move || {
@@ -152,12 +156,73 @@ fn existing_block_node(devices: &Devices, source: &str) -> Result<PathBuf> {
 }
 
 /// A bind mount's source must be a path below the storage root; anything else is a tag.
-fn bind_or_tag(root: &Root, req: &Request, opts: &MountOptions) -> Result<Source> {
+fn bind_or_tag(
+    root: &Root,
+    reserved: &Reserved,
+    req: &Request,
+    opts: &MountOptions,
+) -> Result<Source> {
     if opts.flags.contains(MsFlags::MS_BIND) || req.fstype == "bind" {
         let src = clean_absolute("bind source", &req.source)?;
-        return Ok(Source::Path(root.resolve("bind source", &src)?));
+        reserved.check("bind source", &src)?;
+        let r = root.resolve("bind source", &src)?;
+        // A symlink inside the root may still lead to one of the agent's own files.
+        reserved.check("bind source", &r.real)?;
+        return Ok(Source::Path(r));
     }
     Ok(Source::Tag(req.source.clone()))
+}
+
+/// File systems a block storage may hold.
+const BLOCK_FSTYPES: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "f2fs", "erofs", "squashfs", "iso9660",
+];
+
+/// Each driver mounts only its own kind of file system: a block device only through the block
+/// drivers (and only with a disk file system), a bind mount only from a confined path (virtio-fs
+/// and 9p shares), memory file systems for `ephemeral`. `tmpfs` is accepted by the share drivers
+/// as a stand-in share (it takes no source, so it reaches nothing).
+pub fn check_fstype(req: &Request) -> Result<()> {
+    let opts = options::parse(&req.options)?;
+    let bind_opt = opts.flags.contains(MsFlags::MS_BIND);
+    let fstype = req.fstype.as_str();
+    let (allowed, bind_ok): (&[&str], bool) = match req.driver {
+        Driver::VirtioFs => (&["virtiofs", "bind", "tmpfs"], true),
+        Driver::NineP => (&["9p", "bind", "tmpfs"], true),
+        Driver::Blk | Driver::MmioBlk | Driver::Scsi | Driver::Nvdimm => (BLOCK_FSTYPES, false),
+        Driver::Ephemeral => (&["", "tmpfs", "hugetlbfs"], false),
+        Driver::Overlayfs => (&["", "overlay"], false),
+        // No mount of the request's fstype: `local` makes a directory, `watchable-bind` copies.
+        Driver::Local | Driver::WatchableBind => return Ok(()),
+    };
+    if !allowed.contains(&fstype) {
+        return Err(AgentError::invalid_argument(format!(
+            "a {} storage cannot mount fstype {fstype:?} (allowed: {})",
+            req.driver_name,
+            allowed
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if bind_opt && !bind_ok {
+        return Err(AgentError::invalid_argument(format!(
+            "a {} storage cannot be a bind mount (option bind/rbind)",
+            req.driver_name
+        )));
+    }
+    if matches!(req.driver, Driver::VirtioFs | Driver::NineP)
+        && fstype != "bind"
+        && !bind_opt
+        && req.source.starts_with('/')
+    {
+        return Err(AgentError::invalid_argument(format!(
+            "the source of a {} share is a tag, not a path ({:?}); a path needs fstype bind",
+            req.driver_name, req.source
+        )));
+    }
+    Ok(())
 }
 
 /// Block storages: optionally make an ext4 file system, then mount.
@@ -299,8 +364,7 @@ fn common_mount(
     let result = (|| {
         if let Some(group) = req.fs_group {
             let top = root.reopen("mount point", &target)?;
-            // `/.` makes the walk start at the mount's root rather than at the /proc link.
-            fsgroup::apply(&fd_path(&top.fd).join("."), group, opts.read_only())?;
+            fsgroup::apply_fd(&top.fd, group, opts.read_only())?;
             if ro_later {
                 let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
                 if first.flags.contains(MsFlags::MS_BIND) {
@@ -331,7 +395,7 @@ fn common_mount(
 }
 
 /// overlayfs, including the rw form whose upper and work directories belong to the container.
-fn overlay(root: &Root, req: &Request, cid: Option<&str>) -> Result<Cleanup> {
+fn overlay(root: &Root, reserved: &Reserved, req: &Request, cid: Option<&str>) -> Result<Cleanup> {
     let mut cleanup = Cleanup::default();
     let undo = |c: &Cleanup| super::clean(root, c, None);
     for d in &req.driver_options {
@@ -386,7 +450,7 @@ fn overlay(root: &Root, req: &Request, cid: Option<&str>) -> Result<Cleanup> {
     // The layers are paths too: keep them below the storage root.
     let mut checked = Vec::with_capacity(opts_list.len());
     for o in opts_list {
-        match confine_layer_option(root, &o) {
+        match confine_layer_option(root, reserved, &o) {
             Ok(o) => checked.push(o),
             Err(e) => {
                 undo(&cleanup);
@@ -421,7 +485,7 @@ fn overlay(root: &Root, req: &Request, cid: Option<&str>) -> Result<Cleanup> {
 
 /// `lowerdir=`, `upperdir=`, `workdir=`: every path must exist below the storage root; the option
 /// is rewritten with the resolved paths.
-fn confine_layer_option(root: &Root, opt: &str) -> Result<String> {
+fn confine_layer_option(root: &Root, reserved: &Reserved, opt: &str) -> Result<String> {
     let Some((key, value)) = opt.split_once('=') else {
         return Ok(opt.to_string());
     };
@@ -437,6 +501,8 @@ fn confine_layer_option(root: &Root, opt: &str) -> Result<String> {
     for part in value.split(':') {
         let p = clean_absolute(&format!("overlay {key}"), part)?;
         let r = root.resolve(&format!("overlay {key}"), &p)?;
+        // An upper layer in one of the agent's directories would let the container write there.
+        reserved.check(&format!("overlay {key}"), &r.real)?;
         out.push(r.real.display().to_string());
     }
     Ok(format!("{key}={}", out.join(":")))
@@ -597,6 +663,7 @@ fn local(root: &Root, req: &Request) -> Result<Cleanup> {
 /// UpdateEphemeralMounts on an existing mount: mount again with the new options (a remount when
 /// the mount is already there).
 pub fn update_ephemeral(root: &Root, req: &Request) -> Result<()> {
+    check_fstype(req)?;
     let (target, _) = root.mkdir_all("mount point", &req.mount_point, 0o755)?;
     if req.options.is_empty() {
         return Ok(());
@@ -627,4 +694,54 @@ pub fn update_ephemeral(root: &Root, req: &Request) -> Result<()> {
     mount_on(root, Some(Path::new(source)), &top, Some(fstype), &opts)?;
     info!(subsystem = "storage", mount_point = %req.mount_point.display(), "ephemeral mount updated");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(driver: &str, source: &str, fstype: &str, options: &[&str]) -> Request {
+        Request {
+            driver: Driver::from_name(driver).unwrap(),
+            driver_name: driver.into(),
+            driver_options: vec![],
+            source: source.into(),
+            fstype: fstype.into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+            mount_point: PathBuf::from("/run/k/sandbox/x"),
+            fs_group: None,
+            shared: false,
+        }
+    }
+
+    #[test]
+    fn each_driver_mounts_only_its_own_fstypes() {
+        for (d, src, fs, opts) in [
+            ("ephemeral", "/", "bind", &[][..]),
+            ("ephemeral", "/", "tmpfs", &["rbind"][..]),
+            ("ephemeral", "/dev/vda", "ext4", &[][..]),
+            ("virtio-fs", "/dev/vda", "ext4", &[][..]),
+            ("virtio-fs", "/", "virtiofs", &[][..]),
+            ("9p", "/dev/vda", "ext4", &[][..]),
+            ("overlayfs", "/", "bind", &[][..]),
+            ("blk", "/dev/vda", "bind", &[][..]),
+            ("scsi", "0:0", "ext4", &["bind"][..]),
+            ("nvdimm", "/dev/pmem0", "tmpfs", &[][..]),
+        ] {
+            let e = check_fstype(&req(d, src, fs, opts)).unwrap_err();
+            assert_eq!(e.code, ttrpc::Code::INVALID_ARGUMENT, "{d} {fs} {opts:?}");
+        }
+        for (d, src, fs, opts) in [
+            ("ephemeral", "tmpfs", "tmpfs", &[][..]),
+            ("ephemeral", "nodev", "hugetlbfs", &[][..]),
+            ("virtio-fs", "kataShared", "virtiofs", &[][..]),
+            ("virtio-fs", "/run/k/shared/x", "bind", &["bind"][..]),
+            ("9p", "kataShared", "9p", &["trans=virtio"][..]),
+            ("overlayfs", "overlay", "overlay", &[][..]),
+            ("blk", "/dev/vda", "ext4", &["ro"][..]),
+            ("local", "", "", &[][..]),
+        ] {
+            check_fstype(&req(d, src, fs, opts)).unwrap();
+        }
+    }
 }

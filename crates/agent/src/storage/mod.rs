@@ -20,6 +20,7 @@ pub mod options;
 pub mod watcher;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocols::agent::Storage;
@@ -29,7 +30,7 @@ use tracing::{info, warn};
 
 use crate::device::Devices;
 use crate::error::{AgentError, Result};
-use confine::Root;
+use confine::{Reserved, Root};
 use fsgroup::{FsGroup, Policy};
 use watcher::BindWatcher;
 
@@ -205,7 +206,12 @@ struct Entry {
 
 /// The storages of the sandbox.
 pub struct Storages {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     root: Root,
+    reserved: Reserved,
     entries: Mutex<Vec<Entry>>,
     watcher: BindWatcher,
 }
@@ -218,28 +224,34 @@ pub struct AddContext<'a> {
 }
 
 impl Storages {
-    /// Storages confined below `root` (the agent's run directory).
-    pub fn new(root: &Path) -> Storages {
+    /// Storages confined below `root` (the agent's run directory); `ns_dir` (the sandbox
+    /// namespace directory) is reserved like the agent's own directories below `root`.
+    pub fn new(root: &Path, ns_dir: &Path) -> Storages {
         Storages {
-            root: Root::new(root),
-            entries: Mutex::new(Vec::new()),
-            watcher: BindWatcher::default(),
+            inner: Arc::new(Inner {
+                root: Root::new(root),
+                reserved: Reserved::new(root, ns_dir),
+                entries: Mutex::new(Vec::new()),
+                watcher: BindWatcher::default(),
+            }),
         }
     }
 
     pub fn root(&self) -> &Root {
-        &self.root
+        &self.inner.root
     }
 
     /// Checks a list of storages without touching anything.
     pub fn check(&self, list: &[Storage]) -> Result<Vec<Request>> {
-        list.iter()
-            .map(|s| Request::from_proto(s, &self.root))
-            .collect()
+        self.inner.check(list)
     }
 
     /// Processes a list of storages for `owner`. Returns the mount points it referenced (in
     /// order), for [`Storages::rollback`]. On failure nothing of this call remains.
+    ///
+    /// The work runs in a task of its own: a request cancelled while a storage is being mounted
+    /// (timeout, closed connection) does not stop it, and what it mounted is recorded (or rolled
+    /// back) all the same, so teardown finds it.
     pub async fn add(
         &self,
         ctx: &AddContext<'_>,
@@ -247,15 +259,65 @@ impl Storages {
         list: &[Storage],
     ) -> Result<Vec<PathBuf>> {
         let requests = self.check(list)?;
+        let inner = self.inner.clone();
+        let owned = OwnedContext {
+            devices: ctx.devices.clone(),
+            hotplug_timeout: ctx.hotplug_timeout,
+            sysfs: ctx.sysfs.to_path_buf(),
+        };
+        let owner = owner.clone();
+        tokio::spawn(async move { inner.add(&owned, &owner, requests).await })
+            .await
+            .map_err(|e| AgentError::internal(format!("storage task failed: {e}")))?
+    }
+
+    /// Drops the references `added` took for `owner` (a failed request), newest first; a
+    /// storage left without references is cleaned whatever its `shared` flag.
+    pub async fn rollback(&self, owner: &Owner, added: &[PathBuf]) {
+        let inner = self.inner.clone();
+        let (owner, added) = (owner.clone(), added.to_vec());
+        let _ = tokio::spawn(async move {
+            let mut entries = inner.entries.lock().await;
+            inner.rollback_locked(&mut entries, &owner, &added).await;
+        })
+        .await;
+    }
+}
+
+/// [`AddContext`] owned by the storage task.
+struct OwnedContext {
+    devices: Devices,
+    hotplug_timeout: Duration,
+    sysfs: PathBuf,
+}
+
+impl Inner {
+    fn check(&self, list: &[Storage]) -> Result<Vec<Request>> {
+        list.iter()
+            .map(|s| {
+                let r = Request::from_proto(s, &self.root)?;
+                self.reserved.check("mount point", &r.mount_point)?;
+                Ok(r)
+            })
+            .collect()
+    }
+
+    async fn add(
+        &self,
+        ctx: &OwnedContext,
+        owner: &Owner,
+        requests: Vec<Request>,
+    ) -> Result<Vec<PathBuf>> {
         let cid = match owner {
             Owner::Container(c) => Some(c.as_str()),
             Owner::Sandbox => None,
         };
         let dctx = drivers::Ctx {
             root: &self.root,
-            devices: ctx.devices,
+            reserved: &self.reserved,
+            devices: &ctx.devices,
             hotplug_timeout: ctx.hotplug_timeout,
-            sysfs: ctx.sysfs,
+            sysfs: &ctx.sysfs,
             container_id: cid,
             watcher: &self.watcher,
         };
@@ -299,13 +361,6 @@ impl Storages {
         Ok(added)
     }
 
-    /// Drops the references `added` took for `owner` (a failed request), newest first; a
-    /// storage left without references is cleaned whatever its `shared` flag.
-    pub async fn rollback(&self, owner: &Owner, added: &[PathBuf]) {
-        let mut entries = self.entries.lock().await;
-        self.rollback_locked(&mut entries, owner, added).await;
-    }
-
     async fn rollback_locked(&self, entries: &mut Vec<Entry>, owner: &Owner, added: &[PathBuf]) {
         for mp in added.iter().rev() {
             let Some(i) = entries.iter().position(|e| &e.mount_point == mp) else {
@@ -319,52 +374,6 @@ impl Storages {
                 self.clean_entries(vec![e]).await;
             }
         }
-    }
-
-    /// Drops every reference of `owner`. Storages left without references are cleaned, except
-    /// `shared` ones left by a container (they stay until the sandbox goes).
-    pub async fn release(&self, owner: &Owner) {
-        let mut entries = self.entries.lock().await;
-        for e in entries.iter_mut() {
-            e.refs.retain(|o| o != owner);
-        }
-        let keep_shared = matches!(owner, Owner::Container(_));
-        let mut gone = Vec::new();
-        let mut i = entries.len();
-        while i > 0 {
-            i -= 1;
-            if entries[i].refs.is_empty() && !(keep_shared && entries[i].shared) {
-                gone.push(entries.remove(i));
-            }
-        }
-        // `gone` is newest first: nested storages go before what they sit on.
-        self.clean_entries(gone).await;
-    }
-
-    /// Releases every storage whose owning container is not in `alive` (after a container was
-    /// removed by other means, such as DestroySandbox).
-    pub async fn release_gone_containers(&self, alive: &[String]) {
-        let owners: Vec<Owner> = {
-            let entries = self.entries.lock().await;
-            let set: std::collections::HashSet<Owner> = entries
-                .iter()
-                .flat_map(|e| e.refs.iter().cloned())
-                .filter(|o| matches!(o, Owner::Container(c) if !alive.contains(c)))
-                .collect();
-            set.into_iter().collect()
-        };
-        for o in owners {
-            self.release(&o).await;
-        }
-    }
-
-    /// Releases everything (DestroySandbox, shutdown), newest first, then the watcher's tmpfs.
-    pub async fn release_all(&self) {
-        let mut entries = self.entries.lock().await;
-        let gone: Vec<Entry> = entries.drain(..).rev().collect();
-        self.clean_entries(gone).await;
-        let w = self.watcher.clone();
-        let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
     }
 
     async fn clean_entries(&self, gone: Vec<Entry>) {
@@ -381,11 +390,60 @@ impl Storages {
         })
         .await;
     }
+}
+
+impl Storages {
+    /// Drops every reference of `owner`. Storages left without references are cleaned, except
+    /// `shared` ones left by a container (they stay until the sandbox goes).
+    pub async fn release(&self, owner: &Owner) {
+        let mut entries = self.inner.entries.lock().await;
+        for e in entries.iter_mut() {
+            e.refs.retain(|o| o != owner);
+        }
+        let keep_shared = matches!(owner, Owner::Container(_));
+        let mut gone = Vec::new();
+        let mut i = entries.len();
+        while i > 0 {
+            i -= 1;
+            if entries[i].refs.is_empty() && !(keep_shared && entries[i].shared) {
+                gone.push(entries.remove(i));
+            }
+        }
+        // `gone` is newest first: nested storages go before what they sit on.
+        self.inner.clean_entries(gone).await;
+    }
+
+    /// Releases every storage whose owning container is not in `alive` (after a container was
+    /// removed by other means, such as DestroySandbox).
+    pub async fn release_gone_containers(&self, alive: &[String]) {
+        let owners: Vec<Owner> = {
+            let entries = self.inner.entries.lock().await;
+            let set: std::collections::HashSet<Owner> = entries
+                .iter()
+                .flat_map(|e| e.refs.iter().cloned())
+                .filter(|o| matches!(o, Owner::Container(c) if !alive.contains(c)))
+                .collect();
+            set.into_iter().collect()
+        };
+        for o in owners {
+            self.release(&o).await;
+        }
+    }
+
+    /// Releases everything (DestroySandbox, shutdown), newest first, then the watcher's tmpfs.
+    pub async fn release_all(&self) {
+        let mut entries = self.inner.entries.lock().await;
+        let gone: Vec<Entry> = entries.drain(..).rev().collect();
+        self.inner.clean_entries(gone).await;
+        let w = self.inner.watcher.clone();
+        let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
+    }
 
     /// Reference count of a mount point (0 when unknown).
     #[allow(dead_code)]
     pub async fn refcount(&self, mount_point: &Path) -> usize {
-        self.entries
+        self.inner
+            .entries
             .lock()
             .await
             .iter()
@@ -407,13 +465,14 @@ impl Storages {
         }
         for (req, proto) in requests.into_iter().zip(list) {
             let known = self
+                .inner
                 .entries
                 .lock()
                 .await
                 .iter()
                 .any(|e| e.mount_point == req.mount_point);
             if known {
-                let root = self.root.clone();
+                let root = self.inner.root.clone();
                 tokio::task::spawn_blocking(move || drivers::update_ephemeral(&root, &req))
                     .await
                     .map_err(|e| AgentError::internal(format!("storage task failed: {e}")))??;

@@ -14,8 +14,9 @@
 //! looking the shared path up again.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use nix::mount::{MntFlags, MsFlags};
 use tracing::{debug, info, warn};
 
-use super::confine::{fd_path, open_no_symlinks, Root};
+use super::confine::{fd_path, lstat_at, open_no_symlinks, remove_at, Root};
 use crate::error::{AgentError, Result};
 
 /// How often sources are rescanned.
@@ -146,7 +147,8 @@ fn collect(src: &OwnedFd, is_dir: bool) -> std::result::Result<Vec<Item>, ScanEr
                 _ => continue, // sockets, fifos, devices are not copied
             };
             if kind != Kind::Dir {
-                size += st.st_size as u64;
+                // Sizes come from the host's file system: never wrap.
+                size = size.saturating_add(u64::try_from(st.st_size).unwrap_or(u64::MAX));
             }
             items.push(Item {
                 rel: rel.clone(),
@@ -178,7 +180,8 @@ fn newer(a: (i64, i64), b: (i64, i64)) -> bool {
 
 impl Watched {
     /// One scan: copy what is new or newer, delete what vanished. `tmpfs` is the watchable
-    /// directory (the tmpfs root).
+    /// directory (the tmpfs root). Every write goes through a directory descriptor of the copy,
+    /// opened without following any symlink: a symlink copied from the host is never traversed.
     fn scan(&mut self, root: &Root, tmpfs: &OwnedFd) -> Result<()> {
         if self.bind_mounted {
             return Ok(());
@@ -187,11 +190,10 @@ impl Watched {
         let is_dir = std::fs::metadata(fd_path(&src.fd))
             .map_err(|e| io_err("stat", &self.source, e))?
             .is_dir();
-        let target = fd_path(tmpfs).join(&self.name);
         let items = match collect(&src.fd, is_dir) {
             Ok(items) => items,
             Err(ScanError::TooBig(why)) => {
-                return self.bind_instead(&src.fd, &target, is_dir, &why);
+                return self.bind_instead(&src.fd, tmpfs, is_dir, &why);
             }
             Err(ScanError::Other(e)) => return Err(e),
         };
@@ -205,13 +207,12 @@ impl Watched {
             .collect();
         vanished.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for rel in vanished {
-            let t = target.join(rel);
-            let res = match std::fs::symlink_metadata(&t) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&t),
-                Ok(_) => std::fs::remove_file(&t),
-                Err(_) => Ok(()),
+            let t = self.name.join(rel);
+            // A parent that is no longer a directory (or is a symlink now) went with it.
+            let Ok((dir, name)) = parent_of(tmpfs, &t) else {
+                continue;
             };
-            if let Err(e) = res {
+            if let Err(e) = remove_at(dir.as_raw_fd(), &name, true) {
                 warn!(subsystem = "watcher", path = %t.display(), error = %e, "cannot delete a vanished entry");
             }
         }
@@ -221,26 +222,46 @@ impl Watched {
                 Some(old) => old.kind != item.kind || newer(item.mtime, old.mtime),
             };
             let dst = if item.rel.as_os_str().is_empty() {
-                target.clone()
+                self.name.clone()
             } else {
-                target.join(&item.rel)
+                self.name.join(&item.rel)
             };
+            let (dir, name) = parent_of(tmpfs, &dst).map_err(|e| io_err("open", &dst, e))?;
             match item.kind {
                 Kind::Dir => {
-                    if !dst.is_dir() {
-                        let _ = std::fs::remove_file(&dst);
-                        std::fs::create_dir(&dst).map_err(|e| io_err("create", &dst, e))?;
+                    let is_dir = lstat_at(dir.as_raw_fd(), &name)
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+                    if !is_dir {
+                        remove_at(dir.as_raw_fd(), &name, true)
+                            .map_err(|e| io_err("replace", &dst, e))?;
+                        nix::sys::stat::mkdirat(
+                            Some(dir.as_raw_fd()),
+                            name.as_os_str(),
+                            nix::sys::stat::Mode::from_bits_truncate(0o700),
+                        )
+                        .map_err(|e| io_err("create", &dst, e))?;
                     }
-                    if changed {
-                        set_owner_mode(&dst, item, true)?;
+                    if changed || !is_dir {
+                        let fd = open_no_symlinks(
+                            dir.as_raw_fd(),
+                            Path::new(&name),
+                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                            0,
+                        )
+                        .map_err(|e| io_err("open", &dst, e))?;
+                        set_owner_mode(&fd, item, &dst)?;
                     }
                 }
                 Kind::File if changed => {
                     let data = read_source(&src.fd, &item.rel, is_dir)?;
-                    let tmp = temp_name(&dst);
-                    std::fs::write(&tmp, &data).map_err(|e| io_err("write", &tmp, e))?;
-                    set_owner_mode(&tmp, item, true)?;
-                    replace(&tmp, &dst)?;
+                    let tmp = temp_name(&name);
+                    remove_at(dir.as_raw_fd(), &tmp, true).map_err(|e| io_err("clear", &dst, e))?;
+                    let fd = create_at(&dir, &tmp).map_err(|e| io_err("create", &dst, e))?;
+                    let mut f = std::fs::File::from(fd);
+                    std::io::Write::write_all(&mut f, &data)
+                        .map_err(|e| io_err("write", &dst, e))?;
+                    set_owner_mode(&OwnedFd::from(f), item, &dst)?;
+                    replace(&dir, &tmp, &name, &dst)?;
                 }
                 Kind::Symlink if changed => {
                     let dir_fd = open_no_symlinks(
@@ -255,12 +276,23 @@ impl Watched {
                         item.rel.file_name().unwrap_or_default(),
                     )
                     .map_err(|e| io_err("read link", &item.rel, e))?;
-                    let tmp = temp_name(&dst);
-                    let _ = std::fs::remove_file(&tmp);
-                    std::os::unix::fs::symlink(&link, &tmp)
-                        .map_err(|e| io_err("create", &tmp, e))?;
-                    set_owner_mode(&tmp, item, false)?;
-                    replace(&tmp, &dst)?;
+                    let tmp = temp_name(&name);
+                    remove_at(dir.as_raw_fd(), &tmp, true).map_err(|e| io_err("clear", &dst, e))?;
+                    nix::unistd::symlinkat(
+                        link.as_os_str(),
+                        Some(dir.as_raw_fd()),
+                        tmp.as_os_str(),
+                    )
+                    .map_err(|e| io_err("create", &dst, e))?;
+                    nix::unistd::fchownat(
+                        Some(dir.as_raw_fd()),
+                        tmp.as_os_str(),
+                        Some(nix::unistd::Uid::from_raw(item.uid)),
+                        Some(nix::unistd::Gid::from_raw(item.gid)),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| io_err("change the owner of", &dst, e))?;
+                    replace(&dir, &tmp, &name, &dst)?;
                 }
                 _ => {}
             }
@@ -273,28 +305,44 @@ impl Watched {
     fn bind_instead(
         &mut self,
         src: &OwnedFd,
-        target: &Path,
+        tmpfs: &OwnedFd,
         is_dir: bool,
         why: &str,
     ) -> Result<()> {
         info!(subsystem = "watcher", source = %self.source.display(), reason = why, "source too big to copy; bind-mounting it");
-        if std::fs::symlink_metadata(target).is_ok() {
-            let _ = if target.is_dir() && !is_dir {
-                std::fs::remove_dir_all(target)
-            } else if is_dir && !target.is_dir() {
-                std::fs::remove_file(target)
+        let (dir, name) =
+            parent_of(tmpfs, &self.name).map_err(|e| io_err("open", &self.name, e))?;
+        let st = lstat_at(dir.as_raw_fd(), &name).ok();
+        let kind = st.map(|st| st.st_mode & libc::S_IFMT);
+        let fits = if is_dir {
+            kind == Some(libc::S_IFDIR)
+        } else {
+            kind == Some(libc::S_IFREG)
+        };
+        if !fits {
+            remove_at(dir.as_raw_fd(), &name, true)
+                .map_err(|e| io_err("replace", &self.name, e))?;
+            if is_dir {
+                nix::sys::stat::mkdirat(
+                    Some(dir.as_raw_fd()),
+                    name.as_os_str(),
+                    nix::sys::stat::Mode::from_bits_truncate(0o755),
+                )
+                .map_err(|e| io_err("create", &self.name, e))?;
             } else {
-                Ok(())
-            };
+                drop(create_at(&dir, &name).map_err(|e| io_err("create", &self.name, e))?);
+            }
         }
-        if is_dir {
-            let _ = std::fs::create_dir(target);
-        } else if std::fs::symlink_metadata(target).is_err() {
-            let _ = std::fs::File::create(target);
-        }
+        let target = open_no_symlinks(
+            dir.as_raw_fd(),
+            Path::new(&name),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(|e| io_err("open", &self.name, e))?;
         match nix::mount::mount(
             Some(&fd_path(src)),
-            target,
+            &fd_path(&target),
             None::<&str>,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
@@ -314,36 +362,66 @@ impl Watched {
 
     /// Removes the copy (or the bind mount) from the watchable directory.
     fn remove(&self, tmpfs: &OwnedFd) {
-        let target = fd_path(tmpfs).join(&self.name);
         if self.bind_mounted {
+            let target = fd_path(tmpfs).join(&self.name);
             if let Err(e) = nix::mount::umount2(&target, MntFlags::MNT_DETACH) {
                 warn!(subsystem = "watcher", target = %self.name.display(), error = %e, "cannot unmount");
             }
         }
-        let res = match std::fs::symlink_metadata(&target) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&target),
-            Ok(_) => std::fs::remove_file(&target),
-            Err(_) => Ok(()),
-        };
-        if let Err(e) = res {
+        if let Err(e) = remove_at(tmpfs.as_raw_fd(), self.name.as_os_str(), true) {
             warn!(subsystem = "watcher", target = %self.name.display(), error = %e, "cannot delete the copy");
         }
     }
 }
 
-fn temp_name(dst: &Path) -> PathBuf {
-    let name = dst
+/// The directory holding `path` (relative to the tmpfs), opened without following any
+/// symlink, and the last component.
+fn parent_of(tmpfs: &OwnedFd, path: &Path) -> std::io::Result<(OwnedFd, OsString)> {
+    let name = path
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dst.with_file_name(format!(".{name}.kata-watch.tmp"))
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?
+        .to_os_string();
+    let parent = path.parent().unwrap_or(Path::new(""));
+    let dir = open_no_symlinks(
+        tmpfs.as_raw_fd(),
+        parent,
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )?;
+    Ok((dir, name))
 }
 
-fn replace(tmp: &Path, dst: &Path) -> Result<()> {
-    if std::fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir()) {
-        let _ = std::fs::remove_dir_all(dst);
+/// Creates a new regular file `name` in `dir` (never through a symlink), for writing.
+fn create_at(dir: &OwnedFd, name: &OsStr) -> std::io::Result<OwnedFd> {
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        nix::fcntl::OFlag::O_WRONLY
+            | nix::fcntl::OFlag::O_CREAT
+            | nix::fcntl::OFlag::O_EXCL
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )?;
+    // SAFETY: openat just returned this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn temp_name(name: &OsStr) -> OsString {
+    let mut t = OsString::from(".");
+    t.push(name);
+    t.push(".kata-watch.tmp");
+    t
+}
+
+/// Renames `tmp` over `name` in `dir`; a directory in the way is removed first (without
+/// following symlinks or entering mounts).
+fn replace(dir: &OwnedFd, tmp: &OsStr, name: &OsStr, shown: &Path) -> Result<()> {
+    if lstat_at(dir.as_raw_fd(), name).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) {
+        remove_at(dir.as_raw_fd(), name, true).map_err(|e| io_err("replace", shown, e))?;
     }
-    std::fs::rename(tmp, dst).map_err(|e| io_err("rename into", dst, e))
+    nix::fcntl::renameat(Some(dir.as_raw_fd()), tmp, Some(dir.as_raw_fd()), name)
+        .map_err(|e| io_err("rename into", shown, e))
 }
 
 fn read_source(src: &OwnedFd, rel: &Path, is_dir: bool) -> Result<Vec<u8>> {
@@ -363,14 +441,18 @@ fn read_source(src: &OwnedFd, rel: &Path, is_dir: bool) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-fn set_owner_mode(path: &Path, item: &Item, chmod: bool) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(item.uid), Some(item.gid))
-        .map_err(|e| io_err("change the owner of", path, e))?;
-    if chmod {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(item.mode))
-            .map_err(|e| io_err("change the mode of", path, e))?;
-    }
-    Ok(())
+fn set_owner_mode(fd: &OwnedFd, item: &Item, shown: &Path) -> Result<()> {
+    nix::unistd::fchown(
+        fd.as_raw_fd(),
+        Some(nix::unistd::Uid::from_raw(item.uid)),
+        Some(nix::unistd::Gid::from_raw(item.gid)),
+    )
+    .map_err(|e| io_err("change the owner of", shown, e))?;
+    nix::sys::stat::fchmod(
+        fd.as_raw_fd(),
+        nix::sys::stat::Mode::from_bits_truncate(item.mode),
+    )
+    .map_err(|e| io_err("change the mode of", shown, e))
 }
 
 impl BindWatcher {
@@ -410,17 +492,7 @@ impl BindWatcher {
                 target.display()
             )));
         }
-        let src = root.resolve("watchable source", source)?;
-        let is_dir = std::fs::metadata(fd_path(&src.fd))
-            .map_err(|e| io_err("stat", source, e))?
-            .is_dir();
         let tmpfs = st.tmpfs.as_ref().expect("started");
-        if is_dir {
-            let t = fd_path(tmpfs).join(&name);
-            if !t.is_dir() {
-                std::fs::create_dir(&t).map_err(|e| io_err("create", target, e))?;
-            }
-        }
         let mut w = Watched {
             cid: cid.to_string(),
             source: source.to_path_buf(),
@@ -545,6 +617,7 @@ impl BindWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn collect_limits() {
@@ -563,5 +636,52 @@ mod tests {
         }
         // root + sub + a + l + 13 = 17 entries
         assert!(matches!(collect(&fd, true), Err(ScanError::TooBig(_))));
+    }
+
+    #[test]
+    fn a_copied_symlink_turned_directory_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path().join("run"));
+        root.fd().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let src = root.path.join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::os::unix::fs::symlink(&victim, src.join("a")).unwrap();
+        let copy = dir.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        let tmpfs = OwnedFd::from(std::fs::File::open(&copy).unwrap());
+        let mut w = Watched {
+            cid: "c".into(),
+            source: src.clone(),
+            name: PathBuf::from("t"),
+            known: HashMap::new(),
+            bind_mounted: false,
+        };
+        w.scan(&root, &tmpfs).unwrap();
+        assert_eq!(std::fs::read_link(copy.join("t/a")).unwrap(), victim);
+        std::fs::remove_file(src.join("a")).unwrap();
+        std::fs::create_dir(src.join("a")).unwrap();
+        std::fs::write(src.join("a/passwd"), "x").unwrap();
+        std::fs::set_permissions(src.join("a"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        w.scan(&root, &tmpfs).unwrap();
+        assert!(copy.join("t/a/passwd").is_file());
+        assert!(!std::fs::symlink_metadata(copy.join("t/a"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Back to a symlink, then gone: nothing deleted through it.
+        std::fs::write(victim.join("keep"), "k").unwrap();
+        std::fs::remove_dir_all(src.join("a")).unwrap();
+        std::os::unix::fs::symlink(&victim, src.join("a")).unwrap();
+        w.scan(&root, &tmpfs).unwrap();
+        std::fs::remove_file(src.join("a")).unwrap();
+        w.scan(&root, &tmpfs).unwrap();
+        assert!(std::fs::symlink_metadata(copy.join("t/a")).is_err());
+        assert!(victim.join("keep").exists());
     }
 }

@@ -3,14 +3,18 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount};
 
-use crate::fsutil::{create_file_in_root, fd_path, mkdir_all_in_root, mountinfo, open_in_root};
+use crate::fsutil::{
+    bind_fd, create_file_in_root, fd_path, fstat, is_dev_null, lstat_at, mkdir_all_in_root,
+    mountinfo, open_in_root, openat2, RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+};
 use crate::setup::Setup;
 use crate::validate::bind_kind;
 
@@ -222,6 +226,9 @@ pub fn prepare(setup: &Setup, rootfs: &Path, cgroups: &[CgroupDir]) -> Result<Pr
     let root = File::open(rootfs)
         .with_context(|| format!("cannot open the rootfs {}", rootfs.display()))?;
     let rootfd = root.as_raw_fd();
+    // The bundle is `<run_dir>/<id>`: bind sources below the run directory (the shared
+    // volumes other containers can write) are resolved there without following symlinks.
+    let run_dir = setup.bundle.parent().filter(|p| !p.as_os_str().is_empty());
 
     let mut prepared = Prepared::default();
     let mut dev_provided = false;
@@ -230,7 +237,7 @@ pub fn prepare(setup: &Setup, rootfs: &Path, cgroups: &[CgroupDir]) -> Result<Pr
         if m.destination() == Path::new("/dev") {
             dev_provided |= bind;
         }
-        mount_entry(rootfd, m, cgroups, &mut prepared)
+        mount_entry(rootfd, m, cgroups, &mut prepared, run_dir)
             .with_context(|| format!("cannot mount {}", m.destination().display()))?;
     }
     if !dev_provided {
@@ -271,6 +278,7 @@ fn mount_entry(
     m: &Mount,
     cgroups: &[CgroupDir],
     prepared: &mut Prepared,
+    run_dir: Option<&Path>,
 ) -> Result<()> {
     let dest = m.destination();
     let opts = parse_opts(m.options().as_deref().unwrap_or(&[]));
@@ -292,17 +300,19 @@ fn mount_entry(
             .source()
             .as_ref()
             .ok_or_else(|| anyhow!("the bind mount has no source"))?;
-        let src = src
-            .canonicalize()
-            .with_context(|| format!("cannot resolve the source {}", src.display()))?;
-        if src.is_dir() {
+        // One resolution, held as a descriptor: a symlink swapped in afterwards changes nothing.
+        let src_fd = crate::fsutil::open_bind_source(run_dir, src)?;
+        let is_dir = fstat(src_fd.as_raw_fd())
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .with_context(|| format!("cannot stat the source {}", src.display()))?;
+        if is_dir {
             mkdir_all_in_root(rootfd, dest, 0o755)?;
         } else {
             create_file_in_root(rootfd, dest)?;
         }
         let target = open_in_root(rootfd, dest, libc::O_PATH, 0)?;
         mount(
-            Some(&src),
+            Some(&fd_path(&src_fd)),
             &fd_path(&target),
             None::<&str>,
             MsFlags::MS_BIND | (flags & MsFlags::MS_REC),
@@ -443,12 +453,28 @@ fn make_node(
 ) -> Result<()> {
     let c = cpath(name)?;
     if userns {
+        // The engine's node, checked on the opened descriptor to be the very device wanted.
+        let host_node = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(host)
+            .with_context(|| format!("cannot open {}", host.display()))?;
+        let host_node = OwnedFd::from(host_node);
+        let st = fstat(host_node.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != kind || st.st_rdev != dev {
+            bail!(
+                "{} is not the device {}:{} it should be",
+                host.display(),
+                libc::major(dev),
+                libc::minor(dev)
+            );
+        }
         // SAFETY: openat relative to a directory fd we own; the result is closed right away.
         let fd = unsafe {
             libc::openat(
                 dir.as_raw_fd(),
                 c.as_ptr(),
-                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
                 0o644,
             )
         };
@@ -457,28 +483,22 @@ fn make_node(
         }
         // SAFETY: fd was just returned by openat.
         unsafe { libc::close(fd) };
-        // SAFETY: as above, an O_PATH handle on the file just created.
-        let p = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            )
-        };
-        if p < 0 {
-            bail!("cannot open {name}: {}", std::io::Error::last_os_error());
-        }
-        let target = format!("/proc/self/fd/{p}");
-        let r = mount(
-            Some(host),
-            target.as_str(),
+        let target = crate::fsutil::openat2(
+            dir.as_raw_fd(),
+            Path::new(name),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS,
+        )
+        .with_context(|| format!("cannot open {name}"))?;
+        mount(
+            Some(&fd_path(&host_node)),
+            &fd_path(&target),
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
-        );
-        // SAFETY: p is ours.
-        unsafe { libc::close(p) };
-        r.with_context(|| format!("cannot bind-mount {}", host.display()))?;
+        )
+        .with_context(|| format!("cannot bind-mount {}", host.display()))?;
     } else {
         // SAFETY: mknodat relative to a directory fd we own.
         if unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), kind | mode, dev) } != 0 {
@@ -520,18 +540,22 @@ fn create_devices(rootfd: i32, devices: &[LinuxDevice], userns: bool) -> Result<
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let res = (|| -> Result<()> {
         for (name, major, minor) in DEFAULT_DEVICES {
-            if !exists_at(&dev, name) {
-                let host = PathBuf::from("/dev").join(name);
-                make_node(
-                    &dev,
-                    name,
-                    libc::S_IFCHR,
-                    0o666,
-                    libc::makedev(*major as u32, *minor as u32),
-                    &host,
-                    userns,
-                )?;
+            let devno = libc::makedev(*major as u32, *minor as u32);
+            // An image's own entry (a symlink, a file, another device) is replaced: these
+            // nodes are used by the engine itself (masked paths bind /dev/null).
+            if let Ok(st) = lstat_at(dev.as_raw_fd(), std::ffi::OsStr::new(name)) {
+                if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == devno {
+                    continue;
+                }
+                nix::unistd::unlinkat(
+                    Some(dev.as_raw_fd()),
+                    *name,
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                )
+                .with_context(|| format!("cannot replace the image's /dev/{name}"))?;
             }
+            let host = PathBuf::from("/dev").join(name);
+            make_node(&dev, name, libc::S_IFCHR, 0o666, devno, &host, userns)?;
         }
         for d in devices {
             let path = d.path();
@@ -629,6 +653,65 @@ pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
     Ok(())
 }
 
+/// Masks paths of the (pivoted) root: a directory gets an empty read-only tmpfs, anything else
+/// the container's `/dev/null`, which must be the null device (1:3), checked with `fstat` on the
+/// descriptor that is then mounted: an image's `/dev/null` that is a symlink, a file or another
+/// device is refused (CVE-2025-31133). Targets are resolved inside the root and mounted through
+/// their descriptors.
+fn mask_paths(paths: &[String]) -> Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let root = File::open("/").context("cannot open the root")?;
+    let rootfd = root.as_raw_fd();
+    let mut null: Option<OwnedFd> = None;
+    let proc_fd = Path::new("/proc/self/fd").is_dir();
+    for p in paths {
+        let p = Path::new(p);
+        let target = match open_in_root(rootfd, p, libc::O_PATH, 0) {
+            Ok(t) => t,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(anyhow!("cannot open the masked path {}: {e}", p.display())),
+        };
+        let st = fstat(target.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            let where_: PathBuf = if proc_fd {
+                fd_path(&target)
+            } else {
+                p.to_path_buf()
+            };
+            mount(
+                Some("tmpfs"),
+                &where_,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .with_context(|| format!("cannot mask {}", p.display()))?;
+            continue;
+        }
+        if null.is_none() {
+            let fd = openat2(
+                rootfd,
+                Path::new("dev/null"),
+                libc::O_PATH | libc::O_NOFOLLOW,
+                0,
+                RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+            )
+            .map_err(|e| {
+                anyhow!("/dev/null of the container (a symlink?) cannot be opened as the null device to mask paths with: {e}")
+            })?;
+            if !is_dev_null(&fd)? {
+                bail!("/dev/null of the container is not the null device (1:3): refusing to mask paths with it");
+            }
+            null = Some(fd);
+        }
+        bind_fd(null.as_ref().expect("opened"), &target, false)
+            .with_context(|| format!("cannot mask {}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// After the pivot: sysctls, masked and read-only paths, read-only /dev and
 /// root, the working directory.
 pub fn finish(setup: &Setup, prepared: &Prepared, cwd: &Path) -> Result<()> {
@@ -643,27 +726,7 @@ pub fn finish(setup: &Setup, prepared: &Prepared, cwd: &Path) -> Result<()> {
             std::fs::write(&p, v).with_context(|| format!("cannot set the sysctl {k}"))?;
         }
     }
-    for p in linux.masked_paths().iter().flatten() {
-        let p = Path::new(p);
-        match std::fs::metadata(p) {
-            Ok(md) if md.is_dir() => mount(
-                Some("tmpfs"),
-                p,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY,
-                None::<&str>,
-            ),
-            Ok(_) => mount(
-                Some("/dev/null"),
-                p,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            ),
-            Err(_) => continue,
-        }
-        .with_context(|| format!("cannot mask {}", p.display()))?;
-    }
+    mask_paths(linux.masked_paths().as_deref().unwrap_or(&[]))?;
     for p in linux.readonly_paths().iter().flatten() {
         let p = Path::new(p);
         if std::fs::symlink_metadata(p).is_err() {

@@ -5,11 +5,12 @@
 //! Nothing that waits — a read, a write, WaitProcess, GetOOMEvent — holds any of these locks while
 //! it waits, so one stuck client never stalls the others.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Process, Spec};
@@ -18,10 +19,19 @@ use tracing::{info, warn};
 
 use crate::error::{AgentError, Result};
 use crate::io::{self, ParentStdio, StreamReader, StreamWriter};
+use crate::lifecycle::{Creations, Reservation};
 use crate::sandbox::Agent;
 
 /// Capacity of the OOM event queue (events beyond it wait in their watcher).
 const OOM_QUEUE: usize = 100;
+/// Waited-for processes whose output is still unread, kept per container (the oldest beyond
+/// this are dropped with their output).
+const MAX_FINISHED: usize = 1024;
+/// Ids of processes that were waited for and are gone, remembered per container so that a late
+/// read of their output gets end of stream rather than NOT_FOUND.
+const MAX_GONE: usize = 256;
+/// How long a cancelled or abandoned set-up may take to die before the rollback goes on.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(10);
 
 /// One process of a container (its init or an exec).
 pub struct ProcessEntry {
@@ -87,14 +97,39 @@ impl ProcessEntry {
         Ok(())
     }
 
-    /// Whether both output streams have been read to their end (or never existed).
-    async fn outputs_drained(&self) -> bool {
-        for reader in [self.stdout(), self.stderr()].into_iter().flatten() {
-            if !reader.at_eof().await {
-                return false;
+    /// After the exit: drops stdin and every output stream that has nothing left to read (read
+    /// to its end, or empty), so that their descriptors are released as soon as no read uses
+    /// them. A stream with unread bytes stays until they are read.
+    fn release_spent_streams(&self) {
+        if self.exit.try_get().is_none() {
+            return;
+        }
+        self.stdin.lock().unwrap().take();
+        for slot in [&self.stdout, &self.stderr] {
+            let mut slot = slot.lock().unwrap();
+            if slot.as_ref().is_some_and(|r| r.is_spent()) {
+                slot.take();
             }
         }
-        true
+    }
+
+    /// Whether the process has exited and holds no stream any more.
+    fn is_spent(&self) -> bool {
+        self.exit.try_get().is_some()
+            && self.stdout.lock().unwrap().is_none()
+            && self.stderr.lock().unwrap().is_none()
+    }
+
+    /// Starts the task that releases the process's streams once it has exited.
+    fn watch_exit(self: &Arc<Self>) {
+        let exit = self.exit.clone();
+        let weak: Weak<ProcessEntry> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            exit.wait().await;
+            if let Some(p) = weak.upgrade() {
+                p.release_spent_streams();
+            }
+        });
     }
 }
 
@@ -106,6 +141,12 @@ pub struct ContainerEntry {
     /// Processes that were waited for but whose output has not been read to the end yet: reads
     /// still reach them, nothing else does.
     finished: StdMutex<HashMap<String, Arc<ProcessEntry>>>,
+    /// Ids of waited-for processes that are gone (bounded, oldest first).
+    gone: StdMutex<VecDeque<String>>,
+    /// Execs being set up, by exec id, with the handle that abandons them.
+    pending_execs: StdMutex<HashMap<String, engine::Cancel>>,
+    /// Set once removal began: no exec may start or register any more.
+    closing: AtomicBool,
     /// The thread watching the container's memory cgroup for OOM kills (ends when the cgroup is
     /// removed).
     oom_thread: StdMutex<Option<std::thread::JoinHandle<()>>>,
@@ -149,17 +190,81 @@ impl ContainerEntry {
     }
 
     /// Like [`Self::process`], but also finds waited-for processes whose output is still unread.
-    pub fn process_for_read(&self, exec_id: &str) -> Result<Arc<ProcessEntry>> {
+    /// `Ok(None)`: the process was waited for and its output is all read (end of stream).
+    pub fn process_for_read(&self, exec_id: &str) -> Result<Option<Arc<ProcessEntry>>> {
         match self.process(exec_id) {
-            Ok(p) => Ok(p),
+            Ok(p) => Ok(Some(p)),
             Err(e) => {
                 let key = if exec_id.is_empty() {
                     self.id.as_str()
                 } else {
                     exec_id
                 };
-                self.finished.lock().unwrap().get(key).cloned().ok_or(e)
+                if let Some(p) = self.finished.lock().unwrap().get(key).cloned() {
+                    return Ok(Some(p));
+                }
+                if self.gone.lock().unwrap().iter().any(|g| g == key) {
+                    return Ok(None);
+                }
+                Err(e)
             }
+        }
+    }
+
+    /// Forgets a waited-for process whose streams are all released.
+    fn forget_if_spent(&self, key: &str) {
+        let mut finished = self.finished.lock().unwrap();
+        if finished.get(key).is_some_and(|p| p.is_spent()) {
+            finished.remove(key);
+            drop(finished);
+            self.remember_gone(key);
+        }
+    }
+
+    fn remember_gone(&self, key: &str) {
+        let mut gone = self.gone.lock().unwrap();
+        if !gone.iter().any(|g| g == key) {
+            if gone.len() >= MAX_GONE {
+                gone.pop_front();
+            }
+            gone.push_back(key.to_string());
+        }
+    }
+
+    /// Reserves `exec_id` for an exec being set up (ALREADY_EXISTS if taken).
+    fn reserve_exec(&self, exec_id: &str, cancel: &engine::Cancel) -> Result<()> {
+        let procs = self.processes.lock().unwrap();
+        let finished = self.finished.lock().unwrap();
+        let mut pending = self.pending_execs.lock().unwrap();
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(AgentError::not_found(format!(
+                "container {} is being removed",
+                self.id
+            )));
+        }
+        if procs.contains_key(exec_id)
+            || finished.contains_key(exec_id)
+            || pending.contains_key(exec_id)
+        {
+            return Err(AgentError::already_exists(format!(
+                "exec_id {exec_id} already exists in container {}",
+                self.id
+            )));
+        }
+        pending.insert(exec_id.to_string(), cancel.clone());
+        Ok(())
+    }
+
+    /// Starts removal: no exec may start any more, and every exec being set up is cancelled
+    /// (its set-up processes are killed and it fails).
+    pub fn cancel_pending_execs(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let pending: Vec<engine::Cancel> = {
+            let p = self.pending_execs.lock().unwrap();
+            p.values().cloned().collect()
+        };
+        for c in pending {
+            c.cancel();
         }
     }
 
@@ -174,11 +279,111 @@ impl ContainerEntry {
     }
 }
 
+/// The process an exec task registered (for its request to take back if it went away).
+type RegisteredSlot = Arc<StdMutex<Option<Arc<ProcessEntry>>>>;
+
+/// Held by an ExecProcess request while its task works: if the request is dropped first, the
+/// set-up is cancelled, and a process the task registered meanwhile is killed and forgotten.
+struct AbandonExec {
+    c: Arc<ContainerEntry>,
+    exec_id: String,
+    cancel: Option<engine::Cancel>,
+    slot: RegisteredSlot,
+}
+
+impl Drop for AbandonExec {
+    fn drop(&mut self) {
+        let Some(cancel) = self.cancel.take() else {
+            return;
+        };
+        // Under the process table's lock, like the registration: either the task sees the
+        // cancellation, or the registered process is found here.
+        let mut procs = self.c.processes.lock().unwrap();
+        cancel.cancel();
+        let Some(p) = self.slot.lock().unwrap().take() else {
+            return;
+        };
+        if procs
+            .get(&self.exec_id)
+            .is_some_and(|q| Arc::ptr_eq(q, &p))
+        {
+            procs.remove(&self.exec_id);
+        }
+        drop(procs);
+        kill_unreaped(&p.exit);
+    }
+}
+
+/// SIGKILLs a process we started unless it has been reaped (its pid could be reused then).
+fn kill_unreaped(exit: &engine::ExitWatch) {
+    let _g = engine::reaper::guard();
+    if exit.try_get().is_none() {
+        // SAFETY: kill(2) on an unreaped child of ours.
+        unsafe { libc::kill(exit.pid(), libc::SIGKILL) };
+    }
+}
+
+/// The work of an ExecProcess, in its own task.
+async fn exec_task(
+    c: &Arc<ContainerEntry>,
+    exec_id: &str,
+    process: Process,
+    pipe_size: i32,
+    cancel: &engine::Cancel,
+    slot: &RegisteredSlot,
+) -> Result<()> {
+    let cancelled = || AgentError::cancelled(format!("the exec {exec_id} was cancelled"));
+    let terminal = process.terminal().unwrap_or(false);
+    let (parent, child) = io::create_stdio(terminal, pipe_size)?;
+    let stdio = engine::Stdio {
+        stdin: child.stdin,
+        stdout: child.stdout,
+        stderr: child.stderr,
+    };
+    let plan = c.with_engine(move |e| e.prepare_exec(&process)).await?;
+    let setup_cancel = cancel.clone();
+    let (pid, exit) = tokio::task::spawn_blocking(move || plan.spawn(stdio, &setup_cancel))
+        .await
+        .map_err(|e| AgentError::internal(format!("exec set-up task failed: {e}")))?
+        .map_err(|e| match e {
+            engine::Error::Cancelled(_) => cancelled(),
+            e => AgentError::from(e),
+        })?;
+    let entry = Arc::new(ProcessEntry::new(
+        exec_id.to_string(),
+        pid,
+        false,
+        terminal,
+        exit.clone(),
+        parent,
+    ));
+    let registered = {
+        let mut procs = c.processes.lock().unwrap();
+        let mut pending = c.pending_execs.lock().unwrap();
+        pending.remove(exec_id);
+        if cancel.is_cancelled() || c.closing.load(Ordering::SeqCst) {
+            false
+        } else {
+            procs.insert(exec_id.to_string(), entry.clone());
+            *slot.lock().unwrap() = Some(entry.clone());
+            true
+        }
+    };
+    if !registered {
+        kill_unreaped(&exit);
+        let _ = tokio::time::timeout(ROLLBACK_WAIT, exit.wait()).await;
+        return Err(cancelled());
+    }
+    c.gone.lock().unwrap().retain(|g| g != exec_id);
+    entry.watch_exit();
+    Ok(())
+}
+
 /// Every container of the sandbox, plus the sandbox-wide container state.
 pub struct Containers {
     map: StdMutex<HashMap<String, Arc<ContainerEntry>>>,
     /// Ids being created right now (so a duplicate is refused before anything is touched).
-    creating: StdMutex<HashSet<String>>,
+    creating: Creations,
     /// The sandbox's pid namespace: that of the first container ever created, pinned open.
     sandbox_pidns: StdMutex<Option<File>>,
     oom_tx: mpsc::Sender<String>,
@@ -190,7 +395,7 @@ impl Default for Containers {
         let (oom_tx, oom_rx) = mpsc::channel(OOM_QUEUE);
         Containers {
             map: StdMutex::new(HashMap::new()),
-            creating: StdMutex::new(HashSet::new()),
+            creating: Creations::default(),
             sandbox_pidns: StdMutex::new(None),
             oom_tx,
             oom_rx: Mutex::new(oom_rx),
@@ -205,17 +410,6 @@ pub struct CreateParams {
     pub sandbox_pidns: bool,
 }
 
-/// Removes the id from the "being created" set when creation ends, however it ends.
-struct CreatingGuard<'a> {
-    set: &'a StdMutex<HashSet<String>>,
-    id: String,
-}
-
-impl Drop for CreatingGuard<'_> {
-    fn drop(&mut self) {
-        self.set.lock().unwrap().remove(&self.id);
-    }
-}
 
 impl Containers {
     /// Looks a container up; the code of a miss is chosen by the caller's RPC family.
@@ -239,24 +433,29 @@ impl Containers {
             .ok_or_else(|| AgentError::not_found(format!("container {id} does not exist")))
     }
 
+    /// Reserves `id` for a CreateContainer (see [`crate::lifecycle`]): ALREADY_EXISTS if it is
+    /// taken; waits for an abandoned creation of the same id to finish its rollback.
+    pub async fn reserve(&self, id: &str) -> Result<Reservation> {
+        engine::validate_container_id(id).map_err(AgentError::from)?;
+        self.creating
+            .reserve(id, || self.map.lock().unwrap().contains_key(id))
+            .await
+    }
+
     /// CreateContainer: the container ends in the Created state, its init blocked before exec.
-    pub async fn create(&self, agent: &Agent, params: CreateParams) -> Result<()> {
+    /// Runs in the creation's own task (never cancelled with the request): if the request is
+    /// abandoned meanwhile, the engine set-up is cancelled and everything made is rolled back.
+    pub async fn create(
+        &self,
+        agent: &Agent,
+        params: CreateParams,
+        reservation: &Reservation,
+    ) -> Result<()> {
         let id = params.id.clone();
-        engine::validate_container_id(&id).map_err(AgentError::from)?;
-        {
-            let map = self.map.lock().unwrap();
-            let mut creating = self.creating.lock().unwrap();
-            if map.contains_key(&id) || creating.contains(&id) {
-                return Err(AgentError::already_exists(format!(
-                    "container {id} already exists"
-                )));
-            }
-            creating.insert(id.clone());
+        let abandoned = || AgentError::cancelled(format!("the creation of {id} was abandoned"));
+        if reservation.is_abandoned() {
+            return Err(abandoned());
         }
-        let _creating = CreatingGuard {
-            set: &self.creating,
-            id: id.clone(),
-        };
 
         let mut spec = params.spec;
         let terminal = spec
@@ -276,25 +475,19 @@ impl Containers {
             stderr: child.stderr,
         };
         let cid = id.clone();
-        let container =
-            tokio::task::spawn_blocking(move || engine::Container::create(&cfg, &cid, spec, stdio))
-                .await
-                .map_err(|e| AgentError::internal(format!("container creation task failed: {e}")))?
-                .map_err(AgentError::from)?;
+        let cancel = reservation.cancel().clone();
+        let container = tokio::task::spawn_blocking(move || {
+            engine::Container::create_cancellable(&cfg, &cid, spec, stdio, &cancel)
+        })
+        .await
+        .map_err(|e| AgentError::internal(format!("container creation task failed: {e}")))?
+        .map_err(|e| match e {
+            engine::Error::Cancelled(_) => abandoned(),
+            e => AgentError::from(e),
+        })?;
 
         let pid = container.init_pid();
         let exit = container.init_exit();
-        {
-            let mut pidns = self.sandbox_pidns.lock().unwrap();
-            if pidns.is_none() {
-                match File::open(format!("/proc/{pid}/ns/pid")) {
-                    Ok(f) => *pidns = Some(f),
-                    Err(e) => {
-                        warn!(subsystem = "container", error = %e, "cannot pin the sandbox pid namespace")
-                    }
-                }
-            }
-        }
         let init = Arc::new(ProcessEntry::new(
             id.clone(),
             pid,
@@ -306,11 +499,40 @@ impl Containers {
         let entry = Arc::new(ContainerEntry {
             id: id.clone(),
             engine: Arc::new(StdMutex::new(container)),
-            processes: StdMutex::new(HashMap::from([(id.clone(), init)])),
+            processes: StdMutex::new(HashMap::from([(id.clone(), init.clone())])),
             finished: StdMutex::new(HashMap::new()),
+            gone: StdMutex::new(VecDeque::new()),
+            pending_execs: StdMutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
             oom_thread: StdMutex::new(None),
         });
-        self.map.lock().unwrap().insert(id.clone(), entry);
+        let registered = reservation.register(|| {
+            self.map.lock().unwrap().insert(id.clone(), entry.clone());
+        });
+        if !registered {
+            // The request went away while the engine worked: undo it all, then report.
+            let engine = entry.engine.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(err) = e.destroy(ROLLBACK_WAIT) {
+                    warn!(subsystem = "container", error = %err, "cannot roll back an abandoned creation");
+                }
+            })
+            .await;
+            return Err(abandoned());
+        }
+        init.watch_exit();
+        {
+            let mut pidns = self.sandbox_pidns.lock().unwrap();
+            if pidns.is_none() {
+                match File::open(format!("/proc/{pid}/ns/pid")) {
+                    Ok(f) => *pidns = Some(f),
+                    Err(e) => {
+                        warn!(subsystem = "container", error = %e, "cannot pin the sandbox pid namespace")
+                    }
+                }
+            }
+        }
         info!(subsystem = "container", container_id = %id, pid, "container created");
         Ok(())
     }
@@ -373,13 +595,15 @@ impl Containers {
         let c = self.find(id)?;
         // The watcher is registered before the init is released, so that an OOM kill right after
         // the start is not missed.
-        let watcher = c
+        let (watcher, poststart) = c
             .with_engine(|e| {
                 let watcher = e.cgroup().oom_watcher();
-                e.start()?;
-                Ok(watcher)
+                let poststart = e.start_barrier()?;
+                Ok((watcher, poststart))
             })
             .await?;
+        // Poststart hooks run without the container's lock (they may take their whole timeout).
+        let _ = tokio::task::spawn_blocking(move || poststart.run()).await;
         match watcher {
             Ok(w) => self.watch_oom(&c, w),
             Err(e) => {
@@ -423,6 +647,11 @@ impl Containers {
     }
 
     /// ExecProcess: starts `process` in the container's namespaces and cgroup.
+    ///
+    /// The container's lock is held only to take what the set-up needs; the set-up itself (which
+    /// may block, e.g. on the image's files) runs in its own task without any lock, so signals,
+    /// waits, stats and removal of the container are never held up by it. If the request goes
+    /// away, or the container is removed, the set-up is cancelled and leaves nothing behind.
     pub async fn exec(
         &self,
         agent: &Agent,
@@ -434,43 +663,27 @@ impl Containers {
         if exec_id.is_empty() {
             return Err(AgentError::invalid_argument("exec_id must not be empty"));
         }
-        {
-            let procs = c.processes.lock().unwrap();
-            if procs.contains_key(exec_id) || c.finished.lock().unwrap().contains_key(exec_id) {
-                return Err(AgentError::already_exists(format!(
-                    "exec_id {exec_id} already exists in container {id}"
-                )));
-            }
-        }
-        let terminal = process.terminal().unwrap_or(false);
-        let (parent, child) = io::create_stdio(terminal, agent.config.container_pipe_size)?;
-        let stdio = engine::Stdio {
-            stdin: child.stdin,
-            stdout: child.stdout,
-            stderr: child.stderr,
+        let cancel = engine::Cancel::new();
+        c.reserve_exec(exec_id, &cancel)?;
+        let slot: RegisteredSlot = Arc::new(StdMutex::new(None));
+        let mut abandon = AbandonExec {
+            c: c.clone(),
+            exec_id: exec_id.to_string(),
+            cancel: Some(cancel.clone()),
+            slot: slot.clone(),
         };
-        let (pid, exit) = c.with_engine(move |e| e.exec(&process, stdio)).await?;
-        let entry = Arc::new(ProcessEntry::new(
-            exec_id.to_string(),
-            pid,
-            false,
-            terminal,
-            exit,
-            parent,
-        ));
-        let mut procs = c.processes.lock().unwrap();
-        if procs.contains_key(exec_id) {
-            // A concurrent ExecProcess with the same id won the race; ours must not run.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            return Err(AgentError::already_exists(format!(
-                "exec_id {exec_id} already exists in container {id}"
-            )));
-        }
-        procs.insert(exec_id.to_string(), entry);
-        Ok(())
+        let pipe_size = agent.config.container_pipe_size;
+        let exec_id = exec_id.to_string();
+        let task = tokio::spawn(async move {
+            let result = exec_task(&c, &exec_id, process, pipe_size, &cancel, &slot).await;
+            c.pending_execs.lock().unwrap().remove(&exec_id);
+            result
+        });
+        let result = task
+            .await
+            .map_err(|e| AgentError::internal(format!("exec task failed: {e}")))?;
+        abandon.cancel = None;
+        result
     }
 
     /// SignalProcess. `exec_id == ""` with SIGKILL kills every process of the container.
@@ -515,11 +728,28 @@ impl Containers {
         let p = c.process(exec_id)?;
         let status = p.exit.wait().await;
         let key = p.exec_id.clone();
-        let removed = c.processes.lock().unwrap().remove(&key);
+        let removed = {
+            let mut procs = c.processes.lock().unwrap();
+            // Only the entry waited for (a new exec may reuse the id once this one is gone).
+            match procs.get(&key) {
+                Some(q) if Arc::ptr_eq(q, &p) => procs.remove(&key),
+                _ => None,
+            }
+        };
         if let Some(p) = removed {
-            p.stdin.lock().unwrap().take();
-            if !p.outputs_drained().await {
-                c.finished.lock().unwrap().insert(key, p);
+            p.release_spent_streams();
+            if p.is_spent() {
+                c.remember_gone(&key);
+            } else {
+                let mut finished = c.finished.lock().unwrap();
+                if finished.len() >= MAX_FINISHED {
+                    // Bounded: the unread output of some other finished process is dropped.
+                    if let Some(k) = finished.keys().next().cloned() {
+                        warn!(subsystem = "container", container_id = %id, exec_id = %k, "dropping the unread output of a finished process");
+                        finished.remove(&k);
+                    }
+                }
+                finished.insert(key, p);
             }
         }
         Ok(status)
@@ -529,9 +759,16 @@ impl Containers {
     pub async fn read(&self, id: &str, exec_id: &str, stderr: bool, len: u32) -> Result<Vec<u8>> {
         const MAX_READ: u32 = 4 << 20; // replies are capped at 4 MiB by the transport
         let c = self.lookup(id)?;
-        let p = c.process_for_read(exec_id)?;
-        let reader = if stderr { p.stderr() } else { p.stdout() }
-            .ok_or_else(|| AgentError::failed_precondition("the stream is closed"))?;
+        let Some(p) = c.process_for_read(exec_id)? else {
+            return Ok(Vec::new());
+        };
+        let Some(reader) = (if stderr { p.stderr() } else { p.stdout() }) else {
+            if p.exit.try_get().is_some() {
+                // Released after the exit with nothing left in it: end of stream.
+                return Ok(Vec::new());
+            }
+            return Err(AgentError::failed_precondition("the stream is closed"));
+        };
         let len = len.min(MAX_READ - 1024) as usize;
         let exit = p.exit.clone();
         let data = reader
@@ -540,11 +777,11 @@ impl Containers {
             })
             .await?;
         if data.is_empty() {
-            // End of stream: a waited-for process is forgotten once both streams are done.
-            let key = p.exec_id.clone();
-            if p.outputs_drained().await {
-                c.finished.lock().unwrap().remove(&key);
-            }
+            // End of stream: the stream is released, and a waited-for process is forgotten once
+            // both of its streams are.
+            drop(reader);
+            p.release_spent_streams();
+            c.forget_if_spent(&p.exec_id);
         }
         Ok(data)
     }
@@ -603,6 +840,7 @@ impl Containers {
     /// RemoveContainer: kills every process, waits for them, releases everything.
     pub async fn remove(&self, id: &str, timeout: Duration) -> Result<()> {
         let c = self.find(id)?;
+        c.cancel_pending_execs();
         let limit = if timeout.is_zero() {
             Duration::from_secs(60)
         } else {

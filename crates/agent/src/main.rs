@@ -12,6 +12,7 @@ mod error;
 mod guest;
 mod init;
 mod io;
+mod lifecycle;
 mod logging;
 mod metrics;
 mod namespaces;

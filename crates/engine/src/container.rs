@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Process, Spec};
 
+use crate::cancel::Cancel;
 use crate::cgroups::{self, Cgroup};
 use crate::reaper::{self, ExitWatch};
 use crate::setup::{Kind, Namespace, Setup};
@@ -168,8 +169,22 @@ impl Container {
     /// Creates a container: validates `id` and `spec`, creates the bundle and
     /// the cgroup, and starts the init process, which ends blocked on the
     /// start barrier. On failure everything is rolled back.
-    pub fn create(cfg: &EngineConfig, id: &str, mut spec: Spec, stdio: Stdio) -> Result<Container> {
+    pub fn create(cfg: &EngineConfig, id: &str, spec: Spec, stdio: Stdio) -> Result<Container> {
+        Self::create_cancellable(cfg, id, spec, stdio, &Cancel::new())
+    }
+
+    /// [`Self::create`] that `cancel` can abandon from another thread: the setup processes and
+    /// hooks are killed, everything is rolled back and the call fails with
+    /// [`Error::Cancelled`].
+    pub fn create_cancellable(
+        cfg: &EngineConfig,
+        id: &str,
+        mut spec: Spec,
+        stdio: Stdio,
+        cancel: &Cancel,
+    ) -> Result<Container> {
         validate_container_id(id)?;
+        cancel.check()?;
         validate_spec(&spec)?;
         reaper::start();
 
@@ -205,7 +220,7 @@ impl Container {
         }
         undo.fifo = true;
 
-        let result = Self::create_inner(cfg, id, &mut spec, stdio, &bundle, &mut undo);
+        let result = Self::create_inner(cfg, id, &mut spec, stdio, &bundle, &mut undo, cancel);
         match result {
             Ok((init_pid, init_exit, namespaces, cgroup)) => Ok(Container {
                 id: id.to_string(),
@@ -237,6 +252,7 @@ impl Container {
         stdio: Stdio,
         bundle: &Path,
         undo: &mut Undo,
+        cancel: &Cancel,
     ) -> Result<(i32, ExitWatch, Vec<(LinuxNamespaceType, File)>, Cgroup)> {
         // Root: the bundle's rootfs, bind-mounted from root.path unless
         // something (a storage) is already there.
@@ -318,6 +334,7 @@ impl Container {
             &cg,
             spec,
             bundle,
+            cancel,
         )?;
         let pinned = match pin_namespaces(pid) {
             Ok(p) => p,
@@ -397,6 +414,13 @@ impl Container {
     /// Fails (never blocks) when nobody waits on the barrier: already
     /// started, or init gone.
     pub fn start(&mut self) -> Result<()> {
+        self.start_barrier()?.run();
+        Ok(())
+    }
+
+    /// Releases the init from the start barrier and returns the poststart hooks, for the caller
+    /// to run once it no longer holds any lock on the container.
+    pub fn start_barrier(&mut self) -> Result<PostStart> {
         self.check_alive()?;
         // The FIFO alone cannot tell: right after a start the init may not have consumed the
         // byte and closed its end yet, and a second writer would succeed.
@@ -431,17 +455,23 @@ impl Container {
             .map_err(|e| other(format!("cannot start the container {}: {e}", self.id)))?;
         drop(f);
         self.started = true;
-        let hooks = hooks_of(&self.spec, |h| h.poststart());
-        if let Err(e) = crate::hooks::run_in_engine(&hooks, &self.state("running")) {
-            tracing::warn!("container {}: poststart hook failed: {e:#}", self.id);
-        }
-        Ok(())
+        Ok(PostStart {
+            id: self.id.clone(),
+            hooks: hooks_of(&self.spec, |h| h.poststart()),
+            state: self.state("running"),
+        })
     }
 
     /// Runs another process in the container (all its namespaces, its cgroup).
     /// Returns once the process is about to exec; a setup failure (e.g. the
     /// binary does not exist) is an error of this call.
     pub fn exec(&self, process: &Process, stdio: Stdio) -> Result<(i32, ExitWatch)> {
+        self.prepare_exec(process)?.spawn(stdio, &Cancel::new())
+    }
+
+    /// Everything an exec needs from the container, taken at once (quick), so that the
+    /// process can then be set up ([`ExecPlan::spawn`]) without holding the container.
+    pub fn prepare_exec(&self, process: &Process) -> Result<ExecPlan> {
         self.check_alive()?;
         if self.paused {
             // The setup process would be frozen as soon as it joined the cgroup.
@@ -461,14 +491,19 @@ impl Container {
             process.set_capabilities(caps);
         }
         let me = std::process::id();
-        let namespaces = self
-            .namespaces
-            .iter()
-            .map(|(t, f)| Namespace {
+        // Own duplicates: the container may be destroyed while the plan is in use.
+        let mut pinned = Vec::new();
+        let mut namespaces = Vec::new();
+        for (t, f) in &self.namespaces {
+            let dup = f
+                .try_clone()
+                .map_err(|e| other(format!("cannot duplicate a namespace descriptor: {e}")))?;
+            namespaces.push(Namespace {
                 typ: *t,
-                path: Some(PathBuf::from(format!("/proc/{me}/fd/{}", f.as_raw_fd()))),
-            })
-            .collect();
+                path: Some(PathBuf::from(format!("/proc/{me}/fd/{}", dup.as_raw_fd()))),
+            });
+            pinned.push(dup);
+        }
         let setup = Setup {
             kind: Kind::Exec,
             id: self.id.clone(),
@@ -478,15 +513,14 @@ impl Container {
             namespaces,
             no_pivot: false,
         };
-        spawn(
-            &self.init_exe,
-            &self.init_args,
-            &setup,
-            stdio,
-            &self.cgroup,
-            &self.spec,
-            &self.bundle,
-        )
+        Ok(ExecPlan {
+            exe: self.init_exe.clone(),
+            args: self.init_args.clone(),
+            setup,
+            cgroup: self.cgroup.clone(),
+            bundle: self.bundle.clone(),
+            _pinned: pinned,
+        })
     }
 
     /// Sends a signal to one process (ESRCH counts as success). SIGTERM to an
@@ -651,6 +685,52 @@ impl Container {
     }
 }
 
+/// Poststart hooks of a started container, run by [`PostStart::run`] outside any lock.
+#[derive(Debug)]
+pub struct PostStart {
+    id: String,
+    hooks: Vec<Hook>,
+    state: Vec<u8>,
+}
+
+impl PostStart {
+    /// Runs the hooks; a failure is logged (the container runs on, as the OCI spec says).
+    pub fn run(self) {
+        if let Err(e) = crate::hooks::run_in_engine(&self.hooks, &self.state) {
+            tracing::warn!("container {}: poststart hook failed: {e:#}", self.id);
+        }
+    }
+}
+
+/// An exec, prepared by [`Container::prepare_exec`]: owns everything the set-up needs.
+#[derive(Debug)]
+pub struct ExecPlan {
+    exe: PathBuf,
+    args: Vec<String>,
+    setup: Setup,
+    cgroup: Cgroup,
+    bundle: PathBuf,
+    /// Namespace descriptors named by `setup.namespaces` (as `/proc/<pid>/fd/<n>`).
+    _pinned: Vec<File>,
+}
+
+impl ExecPlan {
+    /// Sets the process up and returns once it is about to exec. `cancel` abandons the set-up
+    /// (its processes are killed and the call fails).
+    pub fn spawn(self, stdio: Stdio, cancel: &Cancel) -> Result<(i32, ExitWatch)> {
+        spawn(
+            &self.exe,
+            &self.args,
+            &self.setup,
+            stdio,
+            &self.cgroup,
+            &self.setup.spec,
+            &self.bundle,
+            cancel,
+        )
+    }
+}
+
 /// Opens `/proc/<pid>/ns/*` for every namespace type in which the process
 /// differs from the engine, so exec can join them even after init exited.
 fn pin_namespaces(pid: i32) -> Result<Vec<(LinuxNamespaceType, File)>> {
@@ -711,7 +791,8 @@ fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
 }
 
 /// Starts a setup process for `setup` and drives the sync protocol until the
-/// container process is ready. On failure every process started is killed.
+/// container process is ready. On failure (or cancellation) every process started is killed.
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     exe: &Path,
     args: &[String],
@@ -720,14 +801,18 @@ fn spawn(
     cgroup: &Cgroup,
     spec: &Spec,
     bundle: &Path,
+    cancel: &Cancel,
 ) -> Result<(i32, ExitWatch)> {
     reaper::start();
+    cancel.check()?;
+    // Never the program's own file: a container must not reach it (CVE-2019-5736).
+    let sealed = crate::selfexe::sealed_path(exe)?;
     let (mut parent, child) = UnixStream::pair().map_err(other)?;
     // Keep the child's end away from fds 0-2, which Command rewires first.
     let child_fd = nix::fcntl::fcntl(child.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
         .map_err(other)?;
     drop(child);
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(&sealed);
     cmd.args(args)
         .env_clear()
         .env(crate::child::SYNC_FD_ENV, "3")
@@ -755,6 +840,7 @@ fn spawn(
     drop(cmd);
     let (mid_pid, mid_exit) =
         spawned.map_err(|e| other(format!("cannot start {}: {e}", exe.display())))?;
+    cancel.track(&mid_exit);
 
     let mut grandchild: Option<(i32, ExitWatch)> = None;
     let result = drive(
@@ -765,13 +851,30 @@ fn spawn(
         spec,
         bundle,
         &mut grandchild,
+        cancel,
     );
+    // A cancelled set-up fails whatever it reports: its processes are (being) killed.
+    let result = match (result, cancel.is_cancelled()) {
+        (_, true) => Err(cancel.error()),
+        (r, false) => r,
+    };
     match result {
         Ok(()) => match grandchild {
-            Some(g) => Ok(g),
-            None => Err(other(
-                "the setup process never reported the container process",
-            )),
+            Some(g) => {
+                cancel.untrack(mid_pid);
+                cancel.untrack(g.0);
+                // The intermediate has reported everything and exits; reap it before returning
+                // so that no exec leaves a zombie or an exit record behind.
+                let _ = mid_exit.wait_timeout(ROLLBACK_WAIT);
+                Ok(g)
+            }
+            None => {
+                let _ = kill(mid_pid, libc::SIGKILL);
+                let _ = mid_exit.wait_timeout(ROLLBACK_WAIT);
+                Err(other(
+                    "the setup process never reported the container process",
+                ))
+            }
         },
         Err(e) => {
             let _ = kill(mid_pid, libc::SIGKILL);
@@ -780,11 +883,16 @@ fn spawn(
                 let _ = exit.wait_timeout(ROLLBACK_WAIT);
             }
             let _ = mid_exit.wait_timeout(ROLLBACK_WAIT);
+            cancel.untrack(mid_pid);
+            if let Some((pid, _)) = &grandchild {
+                cancel.untrack(*pid);
+            }
             Err(e)
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn drive(
     sock: &mut UnixStream,
     mid_pid: i32,
@@ -793,6 +901,7 @@ fn drive(
     spec: &Spec,
     bundle: &Path,
     grandchild: &mut Option<(i32, ExitWatch)>,
+    cancel: &Cancel,
 ) -> Result<()> {
     cgroup.add_pid(mid_pid).map_err(cgroup_err)?;
     sock.set_read_timeout(Some(SETUP_TIMEOUT)).map_err(other)?;
@@ -819,7 +928,11 @@ fn drive(
                 send(sock, &reply).map_err(other)?;
             }
             Some(ToParent::Pid(pid)) => {
-                *grandchild = Some((pid, reaper::watch(pid)));
+                let watch = reaper::watch(pid);
+                *grandchild = Some((pid, watch.clone()));
+                if !cancel.track(&watch) {
+                    return Err(cancel.error());
+                }
                 send(sock, &ToChild::Ok).map_err(other)?;
             }
             Some(ToParent::RunHooks) => {
@@ -828,7 +941,8 @@ fn drive(
                 #[allow(deprecated)]
                 let mut hooks = hooks_of(spec, |h| h.prestart());
                 hooks.extend(hooks_of(spec, |h| h.create_runtime()));
-                if let Err(e) = crate::hooks::run_in_engine(&hooks, &state) {
+                if let Err(e) = crate::hooks::run_in_engine_cancellable(&hooks, &state, Some(cancel))
+                {
                     let msg = format!("a prestart or createRuntime hook failed: {e:#}");
                     let _ = send(sock, &ToChild::Abort(msg.clone()));
                     return Err(Error::Other(msg));

@@ -1,5 +1,6 @@
 //! Container life-cycle RPCs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::well_known_types::empty::Empty;
@@ -11,15 +12,18 @@ use protocols::agent::{
     WaitProcessResponse,
 };
 
+use tracing::warn;
+
 use crate::container::CreateParams;
 use crate::error::{AgentError, Result};
+use crate::lifecycle::{AbandonHandle, Abandoned, Reservation};
 use crate::oci;
 use crate::sandbox::Agent;
 
 /// Annotation naming the file Kubernetes reads a container's termination message from.
 const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
 
-pub async fn create_container(agent: &Agent, req: CreateContainerRequest) -> Result<Empty> {
+pub async fn create_container(agent: &Arc<Agent>, req: CreateContainerRequest) -> Result<Empty> {
     if !req.shared_mounts.is_empty() {
         return Err(AgentError::unimplemented(
             "shared_mounts are not supported yet",
@@ -29,26 +33,87 @@ pub async fn create_container(agent: &Agent, req: CreateContainerRequest) -> Res
         .OCI
         .as_ref()
         .ok_or_else(|| AgentError::invalid_argument("the request has no OCI spec"))?;
-    let mut spec = oci::spec_from_proto(proto_spec)?;
+    let spec = oci::spec_from_proto(proto_spec)?;
+    // The id is reserved before anything else is awaited; the work and its rollback run in a task
+    // of their own, which this request only awaits. If the request goes away first (timeout_nano,
+    // closed connection), `abandon` cancels the work, which then rolls back; see lifecycle.rs.
+    let reservation = agent.containers.reserve(&req.container_id).await?;
+    let abandon = AbandonCreate {
+        agent: agent.clone(),
+        id: req.container_id.clone(),
+        handle: Some(reservation.abandon_handle()),
+    };
+    let task_agent = agent.clone();
+    let task = tokio::spawn(async move { create_task(task_agent, req, spec, reservation).await });
+    let result = task
+        .await
+        .map_err(|e| AgentError::internal(format!("container creation task failed: {e}")));
+    abandon.delivered();
+    result??;
+    Ok(Empty::new())
+}
+
+/// The whole of a CreateContainer: storages, then the container; the storages are released
+/// again if the container is not made. The reservation is dropped (the id freed) at the very end.
+async fn create_task(
+    agent: Arc<Agent>,
+    req: CreateContainerRequest,
+    mut spec: oci_spec::runtime::Spec,
+    reservation: Reservation,
+) -> Result<()> {
     // Devices and storages (storage.rs): everything is checked before anything is waited for or
     // mounted, and the storages are released again if the container cannot be created.
-    let added = super::storage::prepare_container(agent, &req, &mut spec).await?;
+    let added = super::storage::prepare_container(&agent, &req, &mut spec).await?;
     let created = agent
         .containers
         .create(
-            agent,
+            &agent,
             CreateParams {
                 id: req.container_id.clone(),
                 spec,
                 sandbox_pidns: req.sandbox_pidns,
             },
+            &reservation,
         )
         .await;
     if let Err(e) = created {
-        super::storage::rollback_container(agent, &req.container_id, &added).await;
+        super::storage::rollback_container(&agent, &req.container_id, &added).await;
         return Err(e);
     }
-    Ok(Empty::new())
+    drop(reservation);
+    Ok(())
+}
+
+/// Abandons a creation whose request is dropped before it has its answer.
+struct AbandonCreate {
+    agent: Arc<Agent>,
+    id: String,
+    handle: Option<AbandonHandle>,
+}
+
+impl AbandonCreate {
+    fn delivered(mut self) {
+        self.handle = None;
+    }
+}
+
+impl Drop for AbandonCreate {
+    fn drop(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        if handle.abandon() == Abandoned::WasRegistered {
+            // Made just before the request went away: its client never learnt of it.
+            let agent = self.agent.clone();
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = agent.containers.remove(&id, Duration::ZERO).await {
+                    warn!(subsystem = "container", container_id = %id, error = %e, "cannot remove a container whose creation was abandoned");
+                }
+                super::storage::release_container(&agent, &id).await;
+            });
+        }
+    }
 }
 
 pub async fn start_container(agent: &Agent, req: StartContainerRequest) -> Result<Empty> {

@@ -24,9 +24,10 @@ use crate::sandbox::Agent;
 
 /// Capacity of the OOM event queue (events beyond it wait in their watcher).
 const OOM_QUEUE: usize = 100;
-/// Waited-for processes whose output is still unread, kept per container (the oldest beyond
-/// this are dropped with their output).
-const MAX_FINISHED: usize = 1024;
+/// Waited-for processes whose output is still unread, kept per container so that it can be read
+/// after WaitProcess; beyond this many, one of them is dropped with its output. Each holds at most
+/// two descriptors, so this bounds what a client that never reads can make the agent hold.
+const MAX_FINISHED: usize = 16;
 /// Ids of processes that were waited for and are gone, remembered per container so that a late
 /// read of their output gets end of stream rather than NOT_FOUND.
 const MAX_GONE: usize = 256;
@@ -303,10 +304,7 @@ impl Drop for AbandonExec {
         let Some(p) = self.slot.lock().unwrap().take() else {
             return;
         };
-        if procs
-            .get(&self.exec_id)
-            .is_some_and(|q| Arc::ptr_eq(q, &p))
-        {
+        if procs.get(&self.exec_id).is_some_and(|q| Arc::ptr_eq(q, &p)) {
             procs.remove(&self.exec_id);
         }
         drop(procs);
@@ -409,7 +407,6 @@ pub struct CreateParams {
     pub spec: Spec,
     pub sandbox_pidns: bool,
 }
-
 
 impl Containers {
     /// Looks a container up; the code of a miss is chosen by the caller's RPC family.

@@ -174,13 +174,8 @@ impl StreamReader {
         }
         let mut queued: libc::c_int = 0;
         // SAFETY: FIONREAD stores the number of queued bytes into the int we pass.
-        let rc = unsafe {
-            libc::ioctl(
-                self.fd.get_ref().0.as_raw_fd(),
-                libc::FIONREAD,
-                &mut queued,
-            )
-        };
+        let rc =
+            unsafe { libc::ioctl(self.fd.get_ref().0.as_raw_fd(), libc::FIONREAD, &mut queued) };
         rc == 0 && queued == 0
     }
 

@@ -104,7 +104,6 @@ impl Creations {
             let _ = waiter.wait_for(|done| *done).await;
         }
     }
-
 }
 
 impl Reservation {

@@ -941,7 +941,8 @@ fn drive(
                 #[allow(deprecated)]
                 let mut hooks = hooks_of(spec, |h| h.prestart());
                 hooks.extend(hooks_of(spec, |h| h.create_runtime()));
-                if let Err(e) = crate::hooks::run_in_engine_cancellable(&hooks, &state, Some(cancel))
+                if let Err(e) =
+                    crate::hooks::run_in_engine_cancellable(&hooks, &state, Some(cancel))
                 {
                     let msg = format!("a prestart or createRuntime hook failed: {e:#}");
                     let _ = send(sock, &ToChild::Abort(msg.clone()));

@@ -85,7 +85,10 @@ pub fn run_in_engine_cancellable(
 ) -> anyhow::Result<()> {
     for hook in hooks {
         if cancel.is_some_and(|c| c.is_cancelled()) {
-            return Err(anyhow!("cancelled before the hook {}", hook.path().display()));
+            return Err(anyhow!(
+                "cancelled before the hook {}",
+                hook.path().display()
+            ));
         }
         let out = crate::reaper::run_command_cancellable(
             &mut command(hook),

@@ -32,8 +32,12 @@ pub(crate) fn sealed_path(exe: &Path) -> Result<PathBuf> {
     if let Some(fd) = copies.get(exe) {
         return Ok(PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())));
     }
-    let fd = sealed_copy(exe)
-        .map_err(|e| Error::Other(format!("cannot make a sealed copy of {}: {e}", exe.display())))?;
+    let fd = sealed_copy(exe).map_err(|e| {
+        Error::Other(format!(
+            "cannot make a sealed copy of {}: {e}",
+            exe.display()
+        ))
+    })?;
     let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     copies.insert(exe.to_path_buf(), fd);
     Ok(path)
@@ -79,10 +83,7 @@ fn sealed_copy(exe: &Path) -> std::io::Result<OwnedFd> {
         return Err(std::io::Error::last_os_error());
     }
     // Move it out of the range a child rewires before exec.
-    let high = nix::fcntl::fcntl(
-        memfd.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10),
-    )?;
+    let high = nix::fcntl::fcntl(memfd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
     // SAFETY: fcntl returned a new descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(high) })
 }

@@ -5,7 +5,7 @@
 //! Nothing that waits — a read, a write, WaitProcess, GetOOMEvent — holds any of these locks while
 //! it waits, so one stuck client never stalls the others.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -28,9 +28,6 @@ const OOM_QUEUE: usize = 100;
 /// after WaitProcess; beyond this many, one of them is dropped with its output. Each holds at most
 /// two descriptors, so this bounds what a client that never reads can make the agent hold.
 const MAX_FINISHED: usize = 16;
-/// Ids of processes that were waited for and are gone, remembered per container so that a late
-/// read of their output gets end of stream rather than NOT_FOUND.
-const MAX_GONE: usize = 256;
 /// How long a cancelled or abandoned set-up may take to die before the rollback goes on.
 const ROLLBACK_WAIT: Duration = Duration::from_secs(10);
 
@@ -44,6 +41,9 @@ pub struct ProcessEntry {
     stdin: StdMutex<Option<Arc<StreamWriter>>>,
     stdout: StdMutex<Option<Arc<StreamReader>>>,
     stderr: StdMutex<Option<Arc<StreamReader>>>,
+    /// Output streams released without a read having seen their end (empty at the exit): a
+    /// read still gets end of stream once. Bit 0 stdout, bit 1 stderr.
+    unread_ends: StdMutex<u8>,
     pty: StdMutex<Option<Arc<OwnedFd>>>,
 }
 
@@ -66,6 +66,7 @@ impl ProcessEntry {
             stdout: StdMutex::new(stdio.stdout),
             stderr: StdMutex::new(stdio.stderr),
             pty: StdMutex::new(stdio.pty),
+            unread_ends: StdMutex::new(0),
         }
     }
 
@@ -106,19 +107,29 @@ impl ProcessEntry {
             return;
         }
         self.stdin.lock().unwrap().take();
-        for slot in [&self.stdout, &self.stderr] {
+        for (bit, slot) in [(1u8, &self.stdout), (2u8, &self.stderr)] {
             let mut slot = slot.lock().unwrap();
-            if slot.as_ref().is_some_and(|r| r.is_spent()) {
+            if let Some(r) = slot.as_ref().filter(|r| r.is_spent()) {
+                if !r.eof_returned() {
+                    *self.unread_ends.lock().unwrap() |= bit;
+                }
                 slot.take();
             }
         }
     }
 
-    /// Whether the process has exited and holds no stream any more.
+    /// Whether the process has exited, holds no stream any more and every end of stream was
+    /// returned.
     fn is_spent(&self) -> bool {
         self.exit.try_get().is_some()
             && self.stdout.lock().unwrap().is_none()
             && self.stderr.lock().unwrap().is_none()
+            && *self.unread_ends.lock().unwrap() == 0
+    }
+
+    /// Whether the process still holds an output stream (a descriptor).
+    fn holds_streams(&self) -> bool {
+        self.stdout.lock().unwrap().is_some() || self.stderr.lock().unwrap().is_some()
     }
 
     /// Starts the task that releases the process's streams once it has exited.
@@ -142,8 +153,6 @@ pub struct ContainerEntry {
     /// Processes that were waited for but whose output has not been read to the end yet: reads
     /// still reach them, nothing else does.
     finished: StdMutex<HashMap<String, Arc<ProcessEntry>>>,
-    /// Ids of waited-for processes that are gone (bounded, oldest first).
-    gone: StdMutex<VecDeque<String>>,
     /// Execs being set up, by exec id, with the handle that abandons them.
     pending_execs: StdMutex<HashMap<String, engine::Cancel>>,
     /// Set once removal began: no exec may start or register any more.
@@ -191,23 +200,16 @@ impl ContainerEntry {
     }
 
     /// Like [`Self::process`], but also finds waited-for processes whose output is still unread.
-    /// `Ok(None)`: the process was waited for and its output is all read (end of stream).
-    pub fn process_for_read(&self, exec_id: &str) -> Result<Option<Arc<ProcessEntry>>> {
+    pub fn process_for_read(&self, exec_id: &str) -> Result<Arc<ProcessEntry>> {
         match self.process(exec_id) {
-            Ok(p) => Ok(Some(p)),
+            Ok(p) => Ok(p),
             Err(e) => {
                 let key = if exec_id.is_empty() {
                     self.id.as_str()
                 } else {
                     exec_id
                 };
-                if let Some(p) = self.finished.lock().unwrap().get(key).cloned() {
-                    return Ok(Some(p));
-                }
-                if self.gone.lock().unwrap().iter().any(|g| g == key) {
-                    return Ok(None);
-                }
-                Err(e)
+                self.finished.lock().unwrap().get(key).cloned().ok_or(e)
             }
         }
     }
@@ -217,18 +219,6 @@ impl ContainerEntry {
         let mut finished = self.finished.lock().unwrap();
         if finished.get(key).is_some_and(|p| p.is_spent()) {
             finished.remove(key);
-            drop(finished);
-            self.remember_gone(key);
-        }
-    }
-
-    fn remember_gone(&self, key: &str) {
-        let mut gone = self.gone.lock().unwrap();
-        if !gone.iter().any(|g| g == key) {
-            if gone.len() >= MAX_GONE {
-                gone.pop_front();
-            }
-            gone.push_back(key.to_string());
         }
     }
 
@@ -372,7 +362,6 @@ async fn exec_task(
         let _ = tokio::time::timeout(ROLLBACK_WAIT, exit.wait()).await;
         return Err(cancelled());
     }
-    c.gone.lock().unwrap().retain(|g| g != exec_id);
     entry.watch_exit();
     Ok(())
 }
@@ -498,7 +487,6 @@ impl Containers {
             engine: Arc::new(StdMutex::new(container)),
             processes: StdMutex::new(HashMap::from([(id.clone(), init.clone())])),
             finished: StdMutex::new(HashMap::new()),
-            gone: StdMutex::new(VecDeque::new()),
             pending_execs: StdMutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             oom_thread: StdMutex::new(None),
@@ -735,14 +723,20 @@ impl Containers {
         };
         if let Some(p) = removed {
             p.release_spent_streams();
-            if p.is_spent() {
-                c.remember_gone(&key);
-            } else {
+            if !p.is_spent() {
                 let mut finished = c.finished.lock().unwrap();
                 if finished.len() >= MAX_FINISHED {
-                    // Bounded: the unread output of some other finished process is dropped.
-                    if let Some(k) = finished.keys().next().cloned() {
-                        warn!(subsystem = "container", container_id = %id, exec_id = %k, "dropping the unread output of a finished process");
+                    // Bounded: some other finished process is forgotten (preferably one that
+                    // holds no output any more).
+                    let victim = finished
+                        .iter()
+                        .find(|(_, q)| !q.holds_streams())
+                        .or_else(|| finished.iter().next())
+                        .map(|(k, q)| (k.clone(), q.holds_streams()));
+                    if let Some((k, had_output)) = victim {
+                        if had_output {
+                            warn!(subsystem = "container", container_id = %id, exec_id = %k, "dropping the unread output of a finished process");
+                        }
                         finished.remove(&k);
                     }
                 }
@@ -756,12 +750,12 @@ impl Containers {
     pub async fn read(&self, id: &str, exec_id: &str, stderr: bool, len: u32) -> Result<Vec<u8>> {
         const MAX_READ: u32 = 4 << 20; // replies are capped at 4 MiB by the transport
         let c = self.lookup(id)?;
-        let Some(p) = c.process_for_read(exec_id)? else {
-            return Ok(Vec::new());
-        };
+        let p = c.process_for_read(exec_id)?;
         let Some(reader) = (if stderr { p.stderr() } else { p.stdout() }) else {
             if p.exit.try_get().is_some() {
                 // Released after the exit with nothing left in it: end of stream.
+                *p.unread_ends.lock().unwrap() &= if stderr { !2 } else { !1 };
+                c.forget_if_spent(&p.exec_id);
                 return Ok(Vec::new());
             }
             return Err(AgentError::failed_precondition("the stream is closed"));

@@ -164,6 +164,11 @@ impl StreamReader {
         self.state.lock().await.eof
     }
 
+    /// Whether a read has returned end of stream already (never waits: false while a read runs).
+    pub fn eof_returned(&self) -> bool {
+        self.state.try_lock().is_ok_and(|s| s.eof)
+    }
+
     /// Whether nothing is left to read right now: end of stream was returned already, or no
     /// byte is buffered. Never waits (a stream being read counts as not spent).
     pub fn is_spent(&self) -> bool {

@@ -496,7 +496,12 @@ fn execs_leave_no_descriptor_thread_or_process_behind() {
         }
         settles(20, || children_of(pid).len() == 1).await;
         let base = holdings(pid);
-        let n = 300;
+        let rss_before = status_field(pid, "VmRSS:");
+        // KATA_RELIABILITY_EXECS raises the count for a longer soak.
+        let n: usize = std::env::var("KATA_RELIABILITY_EXECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
         for i in 0..n {
             let exec_id = format!("e{i}");
             match i % 3 {
@@ -528,6 +533,18 @@ fn execs_leave_no_descriptor_thread_or_process_behind() {
             }
         }
         assert_back_to(pid, &base, &format!("after {n} execs")).await;
+        let now = holdings(pid);
+        eprintln!(
+            "{n} execs: agent fds {} -> {}, threads {} -> {}, children {} -> {}, RSS {} kB -> {} kB",
+            base.fds.len(),
+            now.fds.len(),
+            base.threads,
+            now.threads,
+            base.children,
+            now.children,
+            rss_before,
+            status_field(pid, "VmRSS:")
+        );
         // The exec ids stay usable: a finished exec's id can be reused.
         let (out, code) = fx
             .exec_like_shim("cc", "e0", process(&["echo", "again"]))
@@ -561,10 +578,25 @@ fn container_cycles_leave_nothing_behind() {
         }
         settles(20, || children_of(pid).is_empty()).await;
         let base = holdings(pid);
-        for i in 3..40 {
+        let rss_before = status_field(pid, "VmRSS:");
+        let n: usize = std::env::var("KATA_RELIABILITY_CYCLES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(37);
+        for i in 3..3 + n {
             cycle(i).await;
         }
-        assert_back_to(pid, &base, "after 37 container cycles").await;
+        assert_back_to(pid, &base, &format!("after {n} container cycles")).await;
+        let now = holdings(pid);
+        eprintln!(
+            "{n} container cycles: agent fds {} -> {}, threads {} -> {}, RSS {} kB -> {} kB",
+            base.fds.len(),
+            now.fds.len(),
+            base.threads,
+            now.threads,
+            rss_before,
+            status_field(pid, "VmRSS:")
+        );
         let left = mounts_below(fx.agent.dir.path());
         assert!(left.is_empty(), "mounts were left: {left:?}");
         fx.finish().await;
@@ -609,7 +641,8 @@ fn create_cut_off_by_its_deadline_is_rolled_back() {
             &fx.agent.addr,
             "CreateContainer",
             payload,
-            Some(Duration::from_millis(1500)),
+            // Long enough for the hook to have started on a loaded machine; the hook runs longer.
+            Some(Duration::from_secs(8)),
         );
         let (code, _) = tokio::task::spawn_blocking(move || raw_status(&mut sock))
             .await

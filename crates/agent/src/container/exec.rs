@@ -15,13 +15,18 @@ impl ContainerEntry {
     /// Reserves `exec_id` for an exec being set up (ALREADY_EXISTS if taken).
     fn reserve_exec(&self, exec_id: &str, cancel: &engine::Cancel) -> Result<()> {
         let procs = self.processes.lock().unwrap();
-        let finished = self.finished.lock().unwrap();
+        let mut finished = self.finished.lock().unwrap();
         let mut pending = self.pending_execs.lock().unwrap();
         if self.closing.load(Ordering::SeqCst) {
             return Err(AgentError::not_found(format!(
                 "container {} is being removed",
                 self.id
             )));
+        }
+        // A waited-for process that holds no output any more (only a pending end of stream)
+        // gives its id up to a new exec.
+        if finished.get(exec_id).is_some_and(|p| !p.holds_streams()) {
+            finished.remove(exec_id);
         }
         if procs.contains_key(exec_id)
             || finished.contains_key(exec_id)

@@ -164,8 +164,9 @@ fn vm_thousands_of_execs_leave_no_descriptor_behind() {
         req.container_id = "soak".into();
         c.start_container(ctx(), &req).await.unwrap();
 
-        // Warm-up, then the baseline.
-        for i in 0..3 {
+        // Warm-up (the runtime's pools and the allocator's arenas grow to their working size),
+        // then the baseline.
+        for i in 0..200 {
             assert_eq!(exec(&c, "soak", &format!("warm{i}"), &["true"]).await.0, 0);
         }
         let before = agent_holdings(&c, "soak", "probe-before").await;

@@ -5,23 +5,33 @@
 //! Nothing that waits — a read, a write, WaitProcess, GetOOMEvent — holds any of these locks while
 //! it waits, so one stuck client never stalls the others.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
 use tokio::sync::{mpsc, Mutex};
 use tracing::{info, warn};
 
 use crate::error::{AgentError, Result};
 use crate::io::{self, ParentStdio, StreamReader, StreamWriter};
+use crate::lifecycle::{Creations, Reservation};
 use crate::sandbox::Agent;
+
+mod exec;
 
 /// Capacity of the OOM event queue (events beyond it wait in their watcher).
 const OOM_QUEUE: usize = 100;
+/// Waited-for processes whose output is still unread, kept per container so that it can be read
+/// after WaitProcess; beyond this many, one of them is dropped with its output. Each holds at most
+/// two descriptors, so this bounds what a client that never reads can make the agent hold.
+const MAX_FINISHED: usize = 16;
+/// How long a cancelled or abandoned set-up may take to die before the rollback goes on.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(10);
 
 /// One process of a container (its init or an exec).
 pub struct ProcessEntry {
@@ -33,6 +43,9 @@ pub struct ProcessEntry {
     stdin: StdMutex<Option<Arc<StreamWriter>>>,
     stdout: StdMutex<Option<Arc<StreamReader>>>,
     stderr: StdMutex<Option<Arc<StreamReader>>>,
+    /// Output streams released without a read having seen their end (empty at the exit): a
+    /// read still gets end of stream once. Bit 0 stdout, bit 1 stderr.
+    unread_ends: StdMutex<u8>,
     pty: StdMutex<Option<Arc<OwnedFd>>>,
 }
 
@@ -55,6 +68,7 @@ impl ProcessEntry {
             stdout: StdMutex::new(stdio.stdout),
             stderr: StdMutex::new(stdio.stderr),
             pty: StdMutex::new(stdio.pty),
+            unread_ends: StdMutex::new(0),
         }
     }
 
@@ -87,14 +101,49 @@ impl ProcessEntry {
         Ok(())
     }
 
-    /// Whether both output streams have been read to their end (or never existed).
-    async fn outputs_drained(&self) -> bool {
-        for reader in [self.stdout(), self.stderr()].into_iter().flatten() {
-            if !reader.at_eof().await {
-                return false;
+    /// After the exit: drops stdin and every output stream that has nothing left to read (read
+    /// to its end, or empty), so that their descriptors are released as soon as no read uses
+    /// them. A stream with unread bytes stays until they are read.
+    fn release_spent_streams(&self) {
+        if self.exit.try_get().is_none() {
+            return;
+        }
+        self.stdin.lock().unwrap().take();
+        for (bit, slot) in [(1u8, &self.stdout), (2u8, &self.stderr)] {
+            let mut slot = slot.lock().unwrap();
+            if let Some(r) = slot.as_ref().filter(|r| r.is_spent()) {
+                if !r.eof_returned() {
+                    *self.unread_ends.lock().unwrap() |= bit;
+                }
+                slot.take();
             }
         }
-        true
+    }
+
+    /// Whether the process has exited, holds no stream any more and every end of stream was
+    /// returned.
+    fn is_spent(&self) -> bool {
+        self.exit.try_get().is_some()
+            && self.stdout.lock().unwrap().is_none()
+            && self.stderr.lock().unwrap().is_none()
+            && *self.unread_ends.lock().unwrap() == 0
+    }
+
+    /// Whether the process still holds an output stream (a descriptor).
+    fn holds_streams(&self) -> bool {
+        self.stdout.lock().unwrap().is_some() || self.stderr.lock().unwrap().is_some()
+    }
+
+    /// Starts the task that releases the process's streams once it has exited.
+    fn watch_exit(self: &Arc<Self>) {
+        let exit = self.exit.clone();
+        let weak: Weak<ProcessEntry> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            exit.wait().await;
+            if let Some(p) = weak.upgrade() {
+                p.release_spent_streams();
+            }
+        });
     }
 }
 
@@ -106,6 +155,10 @@ pub struct ContainerEntry {
     /// Processes that were waited for but whose output has not been read to the end yet: reads
     /// still reach them, nothing else does.
     finished: StdMutex<HashMap<String, Arc<ProcessEntry>>>,
+    /// Execs being set up, by exec id, with the handle that abandons them.
+    pending_execs: StdMutex<HashMap<String, engine::Cancel>>,
+    /// Set once removal began: no exec may start or register any more.
+    closing: AtomicBool,
     /// The thread watching the container's memory cgroup for OOM kills (ends when the cgroup is
     /// removed).
     oom_thread: StdMutex<Option<std::thread::JoinHandle<()>>>,
@@ -163,6 +216,14 @@ impl ContainerEntry {
         }
     }
 
+    /// Forgets a waited-for process whose streams are all released.
+    fn forget_if_spent(&self, key: &str) {
+        let mut finished = self.finished.lock().unwrap();
+        if finished.get(key).is_some_and(|p| p.is_spent()) {
+            finished.remove(key);
+        }
+    }
+
     /// The spec the container was created with (after the agent's rewrites).
     pub async fn spec(&self) -> Result<Spec> {
         self.with_engine(|e| Ok(e.spec().clone())).await
@@ -178,7 +239,7 @@ impl ContainerEntry {
 pub struct Containers {
     map: StdMutex<HashMap<String, Arc<ContainerEntry>>>,
     /// Ids being created right now (so a duplicate is refused before anything is touched).
-    creating: StdMutex<HashSet<String>>,
+    creating: Creations,
     /// The sandbox's pid namespace: that of the first container ever created, pinned open.
     sandbox_pidns: StdMutex<Option<File>>,
     oom_tx: mpsc::Sender<String>,
@@ -190,7 +251,7 @@ impl Default for Containers {
         let (oom_tx, oom_rx) = mpsc::channel(OOM_QUEUE);
         Containers {
             map: StdMutex::new(HashMap::new()),
-            creating: StdMutex::new(HashSet::new()),
+            creating: Creations::default(),
             sandbox_pidns: StdMutex::new(None),
             oom_tx,
             oom_rx: Mutex::new(oom_rx),
@@ -203,18 +264,6 @@ pub struct CreateParams {
     pub id: String,
     pub spec: Spec,
     pub sandbox_pidns: bool,
-}
-
-/// Removes the id from the "being created" set when creation ends, however it ends.
-struct CreatingGuard<'a> {
-    set: &'a StdMutex<HashSet<String>>,
-    id: String,
-}
-
-impl Drop for CreatingGuard<'_> {
-    fn drop(&mut self) {
-        self.set.lock().unwrap().remove(&self.id);
-    }
 }
 
 impl Containers {
@@ -239,24 +288,29 @@ impl Containers {
             .ok_or_else(|| AgentError::not_found(format!("container {id} does not exist")))
     }
 
+    /// Reserves `id` for a CreateContainer (see [`crate::lifecycle`]): ALREADY_EXISTS if it is
+    /// taken; waits for an abandoned creation of the same id to finish its rollback.
+    pub async fn reserve(&self, id: &str) -> Result<Reservation> {
+        engine::validate_container_id(id).map_err(AgentError::from)?;
+        self.creating
+            .reserve(id, || self.map.lock().unwrap().contains_key(id))
+            .await
+    }
+
     /// CreateContainer: the container ends in the Created state, its init blocked before exec.
-    pub async fn create(&self, agent: &Agent, params: CreateParams) -> Result<()> {
+    /// Runs in the creation's own task (never cancelled with the request): if the request is
+    /// abandoned meanwhile, the engine set-up is cancelled and everything made is rolled back.
+    pub async fn create(
+        &self,
+        agent: &Agent,
+        params: CreateParams,
+        reservation: &Reservation,
+    ) -> Result<()> {
         let id = params.id.clone();
-        engine::validate_container_id(&id).map_err(AgentError::from)?;
-        {
-            let map = self.map.lock().unwrap();
-            let mut creating = self.creating.lock().unwrap();
-            if map.contains_key(&id) || creating.contains(&id) {
-                return Err(AgentError::already_exists(format!(
-                    "container {id} already exists"
-                )));
-            }
-            creating.insert(id.clone());
+        let abandoned = || AgentError::cancelled(format!("the creation of {id} was abandoned"));
+        if reservation.is_abandoned() {
+            return Err(abandoned());
         }
-        let _creating = CreatingGuard {
-            set: &self.creating,
-            id: id.clone(),
-        };
 
         let mut spec = params.spec;
         let terminal = spec
@@ -276,11 +330,16 @@ impl Containers {
             stderr: child.stderr,
         };
         let cid = id.clone();
-        let mut container =
-            tokio::task::spawn_blocking(move || engine::Container::create(&cfg, &cid, spec, stdio))
-                .await
-                .map_err(|e| AgentError::internal(format!("container creation task failed: {e}")))?
-                .map_err(AgentError::from)?;
+        let cancel = reservation.cancel().clone();
+        let mut container = tokio::task::spawn_blocking(move || {
+            engine::Container::create_cancellable(&cfg, &cid, spec, stdio, &cancel)
+        })
+        .await
+        .map_err(|e| AgentError::internal(format!("container creation task failed: {e}")))?
+        .map_err(|e| match e {
+            engine::Error::Cancelled(_) => abandoned(),
+            e => AgentError::from(e),
+        })?;
         // A terminal init: the pty master its setup opened inside the container.
         let parent = match io::attach_console(parent, container.take_console()) {
             Ok(p) => p,
@@ -294,17 +353,6 @@ impl Containers {
 
         let pid = container.init_pid();
         let exit = container.init_exit();
-        {
-            let mut pidns = self.sandbox_pidns.lock().unwrap();
-            if pidns.is_none() {
-                match File::open(format!("/proc/{pid}/ns/pid")) {
-                    Ok(f) => *pidns = Some(f),
-                    Err(e) => {
-                        warn!(subsystem = "container", error = %e, "cannot pin the sandbox pid namespace")
-                    }
-                }
-            }
-        }
         let init = Arc::new(ProcessEntry::new(
             id.clone(),
             pid,
@@ -316,11 +364,39 @@ impl Containers {
         let entry = Arc::new(ContainerEntry {
             id: id.clone(),
             engine: Arc::new(StdMutex::new(container)),
-            processes: StdMutex::new(HashMap::from([(id.clone(), init)])),
+            processes: StdMutex::new(HashMap::from([(id.clone(), init.clone())])),
             finished: StdMutex::new(HashMap::new()),
+            pending_execs: StdMutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
             oom_thread: StdMutex::new(None),
         });
-        self.map.lock().unwrap().insert(id.clone(), entry);
+        let registered = reservation.register(|| {
+            self.map.lock().unwrap().insert(id.clone(), entry.clone());
+        });
+        if !registered {
+            // The request went away while the engine worked: undo it all, then report.
+            let engine = entry.engine.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(err) = e.destroy(ROLLBACK_WAIT) {
+                    warn!(subsystem = "container", error = %err, "cannot roll back an abandoned creation");
+                }
+            })
+            .await;
+            return Err(abandoned());
+        }
+        init.watch_exit();
+        {
+            let mut pidns = self.sandbox_pidns.lock().unwrap();
+            if pidns.is_none() {
+                match File::open(format!("/proc/{pid}/ns/pid")) {
+                    Ok(f) => *pidns = Some(f),
+                    Err(e) => {
+                        warn!(subsystem = "container", error = %e, "cannot pin the sandbox pid namespace")
+                    }
+                }
+            }
+        }
         info!(subsystem = "container", container_id = %id, pid, "container created");
         Ok(())
     }
@@ -383,13 +459,15 @@ impl Containers {
         let c = self.find(id)?;
         // The watcher is registered before the init is released, so that an OOM kill right after
         // the start is not missed.
-        let watcher = c
+        let (watcher, poststart) = c
             .with_engine(|e| {
                 let watcher = e.cgroup().oom_watcher();
-                e.start()?;
-                Ok(watcher)
+                let poststart = e.start_barrier()?;
+                Ok((watcher, poststart))
             })
             .await?;
+        // Poststart hooks run without the container's lock (they may take their whole timeout).
+        let _ = tokio::task::spawn_blocking(move || poststart.run()).await;
         match watcher {
             Ok(w) => self.watch_oom(&c, w),
             Err(e) => {
@@ -430,67 +508,6 @@ impl Containers {
         rx.recv()
             .await
             .ok_or_else(|| AgentError::unavailable("the agent is shutting down"))
-    }
-
-    /// ExecProcess: starts `process` in the container's namespaces and cgroup.
-    pub async fn exec(
-        &self,
-        agent: &Agent,
-        id: &str,
-        exec_id: &str,
-        process: Process,
-    ) -> Result<()> {
-        let c = self.find(id)?;
-        if exec_id.is_empty() {
-            return Err(AgentError::invalid_argument("exec_id must not be empty"));
-        }
-        {
-            let procs = c.processes.lock().unwrap();
-            if procs.contains_key(exec_id) || c.finished.lock().unwrap().contains_key(exec_id) {
-                return Err(AgentError::already_exists(format!(
-                    "exec_id {exec_id} already exists in container {id}"
-                )));
-            }
-        }
-        let terminal = process.terminal().unwrap_or(false);
-        let (parent, child) = io::create_stdio(terminal, agent.config.container_pipe_size)?;
-        let stdio = engine::Stdio {
-            stdin: child.stdin,
-            stdout: child.stdout,
-            stderr: child.stderr,
-        };
-        let (pid, exit, console) = c.with_engine(move |e| e.exec(&process, stdio)).await?;
-        let parent = match io::attach_console(parent, console) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                return Err(e);
-            }
-        };
-        let entry = Arc::new(ProcessEntry::new(
-            exec_id.to_string(),
-            pid,
-            false,
-            terminal,
-            exit,
-            parent,
-        ));
-        let mut procs = c.processes.lock().unwrap();
-        if procs.contains_key(exec_id) {
-            // A concurrent ExecProcess with the same id won the race; ours must not run.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            return Err(AgentError::already_exists(format!(
-                "exec_id {exec_id} already exists in container {id}"
-            )));
-        }
-        procs.insert(exec_id.to_string(), entry);
-        Ok(())
     }
 
     /// SignalProcess. `exec_id == ""` with SIGKILL kills every process of the container.
@@ -535,11 +552,34 @@ impl Containers {
         let p = c.process(exec_id)?;
         let status = p.exit.wait().await;
         let key = p.exec_id.clone();
-        let removed = c.processes.lock().unwrap().remove(&key);
+        let removed = {
+            let mut procs = c.processes.lock().unwrap();
+            // Only the entry waited for (a new exec may reuse the id once this one is gone).
+            match procs.get(&key) {
+                Some(q) if Arc::ptr_eq(q, &p) => procs.remove(&key),
+                _ => None,
+            }
+        };
         if let Some(p) = removed {
-            p.stdin.lock().unwrap().take();
-            if !p.outputs_drained().await {
-                c.finished.lock().unwrap().insert(key, p);
+            p.release_spent_streams();
+            if !p.is_spent() {
+                let mut finished = c.finished.lock().unwrap();
+                if finished.len() >= MAX_FINISHED {
+                    // Bounded: some other finished process is forgotten (preferably one that
+                    // holds no output any more).
+                    let victim = finished
+                        .iter()
+                        .find(|(_, q)| !q.holds_streams())
+                        .or_else(|| finished.iter().next())
+                        .map(|(k, q)| (k.clone(), q.holds_streams()));
+                    if let Some((k, had_output)) = victim {
+                        if had_output {
+                            warn!(subsystem = "container", container_id = %id, exec_id = %k, "dropping the unread output of a finished process");
+                        }
+                        finished.remove(&k);
+                    }
+                }
+                finished.insert(key, p);
             }
         }
         Ok(status)
@@ -550,8 +590,15 @@ impl Containers {
         const MAX_READ: u32 = 4 << 20; // replies are capped at 4 MiB by the transport
         let c = self.lookup(id)?;
         let p = c.process_for_read(exec_id)?;
-        let reader = if stderr { p.stderr() } else { p.stdout() }
-            .ok_or_else(|| AgentError::failed_precondition("the stream is closed"))?;
+        let Some(reader) = (if stderr { p.stderr() } else { p.stdout() }) else {
+            if p.exit.try_get().is_some() {
+                // Released after the exit with nothing left in it: end of stream.
+                *p.unread_ends.lock().unwrap() &= if stderr { !2 } else { !1 };
+                c.forget_if_spent(&p.exec_id);
+                return Ok(Vec::new());
+            }
+            return Err(AgentError::failed_precondition("the stream is closed"));
+        };
         let len = len.min(MAX_READ - 1024) as usize;
         let exit = p.exit.clone();
         let data = reader
@@ -560,11 +607,11 @@ impl Containers {
             })
             .await?;
         if data.is_empty() {
-            // End of stream: a waited-for process is forgotten once both streams are done.
-            let key = p.exec_id.clone();
-            if p.outputs_drained().await {
-                c.finished.lock().unwrap().remove(&key);
-            }
+            // End of stream: the stream is released, and a waited-for process is forgotten once
+            // both of its streams are.
+            drop(reader);
+            p.release_spent_streams();
+            c.forget_if_spent(&p.exec_id);
         }
         Ok(data)
     }
@@ -623,6 +670,7 @@ impl Containers {
     /// RemoveContainer: kills every process, waits for them, releases everything.
     pub async fn remove(&self, id: &str, timeout: Duration) -> Result<()> {
         let c = self.find(id)?;
+        c.cancel_pending_execs();
         let limit = if timeout.is_zero() {
             Duration::from_secs(60)
         } else {

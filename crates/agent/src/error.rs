@@ -47,6 +47,10 @@ impl AgentError {
         Self::new(Code::UNAVAILABLE, message)
     }
 
+    pub fn cancelled(message: impl Into<String>) -> Self {
+        Self::new(Code::CANCELLED, message)
+    }
+
     pub fn deadline_exceeded(message: impl Into<String>) -> Self {
         Self::new(Code::DEADLINE_EXCEEDED, message)
     }
@@ -105,6 +109,7 @@ fn engine_code(err: &engine::Error) -> Code {
         engine::Error::InvalidArgument(_) => Code::INVALID_ARGUMENT,
         engine::Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
         engine::Error::NotFound(_) => Code::NOT_FOUND,
+        engine::Error::Cancelled(_) => Code::CANCELLED,
         _ => Code::INTERNAL,
     }
 }

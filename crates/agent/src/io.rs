@@ -176,8 +176,29 @@ impl StreamReader {
     }
 
     /// Whether end of stream has been returned already.
+    #[allow(dead_code)]
     pub async fn at_eof(&self) -> bool {
         self.state.lock().await.eof
+    }
+
+    /// Whether a read has returned end of stream already (never waits: false while a read runs).
+    pub fn eof_returned(&self) -> bool {
+        self.state.try_lock().is_ok_and(|s| s.eof)
+    }
+
+    /// Whether nothing is left to read right now: end of stream was returned already, or no
+    /// byte is buffered. Never waits (a stream being read counts as not spent).
+    pub fn is_spent(&self) -> bool {
+        match self.state.try_lock() {
+            Ok(state) if state.eof => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD stores the number of queued bytes into the int we pass.
+        let rc =
+            unsafe { libc::ioctl(self.fd.get_ref().0.as_raw_fd(), libc::FIONREAD, &mut queued) };
+        rc == 0 && queued == 0
     }
 
     /// Reads up to `len` bytes: waits until some are available, then returns what is there (filling

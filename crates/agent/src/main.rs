@@ -12,6 +12,7 @@ mod error;
 mod guest;
 mod init;
 mod io;
+mod lifecycle;
 mod log_level;
 mod logging;
 mod mem_agent;

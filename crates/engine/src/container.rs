@@ -2,23 +2,25 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Process, Spec};
 
+use crate::cancel::Cancel;
 use crate::cgroups::{self, Cgroup};
 use crate::reaper::{self, ExitWatch};
 use crate::setup::{Kind, Namespace, Setup};
-use crate::sync::{recv, send, ToChild, ToParent};
 use crate::validate::{validate_container_id, validate_process_args, validate_spec};
 use crate::{EngineConfig, Error, Result, Stdio};
+
+mod spawn;
+
+use spawn::spawn;
+pub use spawn::{ExecPlan, PostStart};
 
 /// How long the engine waits for any single message of the setup process.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -173,8 +175,22 @@ impl Container {
     /// Creates a container: validates `id` and `spec`, creates the bundle and
     /// the cgroup, and starts the init process, which ends blocked on the
     /// start barrier. On failure everything is rolled back.
-    pub fn create(cfg: &EngineConfig, id: &str, mut spec: Spec, stdio: Stdio) -> Result<Container> {
+    pub fn create(cfg: &EngineConfig, id: &str, spec: Spec, stdio: Stdio) -> Result<Container> {
+        Self::create_cancellable(cfg, id, spec, stdio, &Cancel::new())
+    }
+
+    /// [`Self::create`] that `cancel` can abandon from another thread: the setup processes and
+    /// hooks are killed, everything is rolled back and the call fails with
+    /// [`Error::Cancelled`].
+    pub fn create_cancellable(
+        cfg: &EngineConfig,
+        id: &str,
+        mut spec: Spec,
+        stdio: Stdio,
+        cancel: &Cancel,
+    ) -> Result<Container> {
         validate_container_id(id)?;
+        cancel.check()?;
         validate_spec(&spec)?;
         reaper::start();
 
@@ -210,7 +226,7 @@ impl Container {
         }
         undo.fifo = true;
 
-        let result = Self::create_inner(cfg, id, &mut spec, stdio, &bundle, &mut undo);
+        let result = Self::create_inner(cfg, id, &mut spec, stdio, &bundle, &mut undo, cancel);
         match result {
             Ok((init_pid, init_exit, console, namespaces, cgroup)) => Ok(Container {
                 id: id.to_string(),
@@ -243,6 +259,7 @@ impl Container {
         stdio: Stdio,
         bundle: &Path,
         undo: &mut Undo,
+        cancel: &Cancel,
     ) -> Result<(
         i32,
         ExitWatch,
@@ -336,6 +353,7 @@ impl Container {
             &cg,
             spec,
             bundle,
+            cancel,
         )?;
         let pinned = match pin_namespaces(pid) {
             Ok(p) => p,
@@ -421,6 +439,13 @@ impl Container {
     /// Fails (never blocks) when nobody waits on the barrier: already
     /// started, or init gone.
     pub fn start(&mut self) -> Result<()> {
+        self.start_barrier()?.run();
+        Ok(())
+    }
+
+    /// Releases the init from the start barrier and returns the poststart hooks, for the caller
+    /// to run once it no longer holds any lock on the container.
+    pub fn start_barrier(&mut self) -> Result<PostStart> {
         self.check_alive()?;
         // The FIFO alone cannot tell: right after a start the init may not have consumed the
         // byte and closed its end yet, and a second writer would succeed.
@@ -455,11 +480,11 @@ impl Container {
             .map_err(|e| other(format!("cannot start the container {}: {e}", self.id)))?;
         drop(f);
         self.started = true;
-        let hooks = hooks_of(&self.spec, |h| h.poststart());
-        if let Err(e) = crate::hooks::run_in_engine(&hooks, &self.state("running")) {
-            tracing::warn!("container {}: poststart hook failed: {e:#}", self.id);
-        }
-        Ok(())
+        Ok(PostStart {
+            id: self.id.clone(),
+            hooks: hooks_of(&self.spec, |h| h.poststart()),
+            state: self.state("running"),
+        })
     }
 
     /// Runs another process in the container (all its namespaces, its cgroup).
@@ -472,6 +497,12 @@ impl Container {
         process: &Process,
         stdio: Stdio,
     ) -> Result<(i32, ExitWatch, Option<OwnedFd>)> {
+        self.prepare_exec(process)?.spawn(stdio, &Cancel::new())
+    }
+
+    /// Everything an exec needs from the container, taken at once (quick), so that the
+    /// process can then be set up ([`ExecPlan::spawn`]) without holding the container.
+    pub fn prepare_exec(&self, process: &Process) -> Result<ExecPlan> {
         self.check_alive()?;
         if self.paused {
             // The setup process would be frozen as soon as it joined the cgroup.
@@ -491,14 +522,19 @@ impl Container {
             process.set_capabilities(caps);
         }
         let me = std::process::id();
-        let namespaces = self
-            .namespaces
-            .iter()
-            .map(|(t, f)| Namespace {
+        // Own duplicates: the container may be destroyed while the plan is in use.
+        let mut pinned = Vec::new();
+        let mut namespaces = Vec::new();
+        for (t, f) in &self.namespaces {
+            let dup = f
+                .try_clone()
+                .map_err(|e| other(format!("cannot duplicate a namespace descriptor: {e}")))?;
+            namespaces.push(Namespace {
                 typ: *t,
-                path: Some(PathBuf::from(format!("/proc/{me}/fd/{}", f.as_raw_fd()))),
-            })
-            .collect();
+                path: Some(PathBuf::from(format!("/proc/{me}/fd/{}", dup.as_raw_fd()))),
+            });
+            pinned.push(dup);
+        }
         let setup = Setup {
             kind: Kind::Exec,
             id: self.id.clone(),
@@ -508,15 +544,14 @@ impl Container {
             namespaces,
             no_pivot: false,
         };
-        spawn(
-            &self.init_exe,
-            &self.init_args,
-            &setup,
-            stdio,
-            &self.cgroup,
-            &self.spec,
-            &self.bundle,
-        )
+        Ok(ExecPlan {
+            exe: self.init_exe.clone(),
+            args: self.init_args.clone(),
+            setup,
+            cgroup: self.cgroup.clone(),
+            bundle: self.bundle.clone(),
+            _pinned: pinned,
+        })
     }
 
     /// Sends a signal to one process (ESRCH counts as success). SIGTERM to an
@@ -712,207 +747,6 @@ fn pin_namespaces(pid: i32) -> Result<Vec<(LinuxNamespaceType, File)>> {
         }
     }
     Ok(out)
-}
-
-fn to_stdio(fd: Option<OwnedFd>) -> std::process::Stdio {
-    match fd {
-        Some(fd) => std::process::Stdio::from(fd),
-        None => std::process::Stdio::null(),
-    }
-}
-
-/// Writes `/proc/<pid>/{uid,gid}_map` from the spec.
-fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
-    let linux = spec.linux().as_ref();
-    for (file, maps) in [
-        ("uid_map", linux.and_then(|l| l.uid_mappings().clone())),
-        ("gid_map", linux.and_then(|l| l.gid_mappings().clone())),
-    ] {
-        let text: String = maps
-            .unwrap_or_default()
-            .iter()
-            .filter(|m| m.size() > 0)
-            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
-            .collect();
-        std::fs::write(format!("/proc/{pid}/{file}"), text)
-            .map_err(|e| other(format!("cannot write the {file} of the container: {e}")))?;
-    }
-    Ok(())
-}
-
-/// Starts a setup process for `setup` and drives the sync protocol until the
-/// container process is ready. On failure every process started is killed.
-fn spawn(
-    exe: &Path,
-    args: &[String],
-    setup: &Setup,
-    stdio: Stdio,
-    cgroup: &Cgroup,
-    spec: &Spec,
-    bundle: &Path,
-) -> Result<(i32, ExitWatch, Option<OwnedFd>)> {
-    reaper::start();
-    let (mut parent, child) = UnixStream::pair().map_err(other)?;
-    // Keep the child's end away from fds 0-2, which Command rewires first.
-    let child_fd = nix::fcntl::fcntl(child.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
-        .map_err(other)?;
-    drop(child);
-    // A terminal process sends its pty master back on a socket of its own (fd 4).
-    let terminal = setup.process.terminal().unwrap_or(false);
-    let mut console: Option<(OwnedFd, i32)> = None;
-    if terminal {
-        let pair = crate::console::socket_pair()
-            .and_then(|(ours, theirs)| {
-                let fd = nix::fcntl::fcntl(
-                    theirs.as_raw_fd(),
-                    nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10),
-                )?;
-                Ok((ours, fd))
-            })
-            .map_err(|e| other(format!("cannot create the console socket: {e}")));
-        match pair {
-            Ok(p) => console = Some(p),
-            Err(e) => {
-                // SAFETY: child_fd is our duplicate, used by nobody else.
-                unsafe { libc::close(child_fd) };
-                return Err(e);
-            }
-        }
-    }
-    let console_child_fd = console.as_ref().map(|c| c.1).unwrap_or(-1);
-    let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .env_clear()
-        .env(crate::child::SYNC_FD_ENV, "3")
-        .stdin(to_stdio(stdio.stdin))
-        .stdout(to_stdio(stdio.stdout))
-        .stderr(to_stdio(stdio.stderr));
-    if terminal {
-        cmd.env(
-            crate::console::CONSOLE_FD_ENV,
-            crate::console::CONSOLE_FD.to_string(),
-        );
-    }
-    // SAFETY: the closure only calls dup2, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(child_fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if console_child_fd >= 0 && libc::dup2(console_child_fd, crate::console::CONSOLE_FD) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let spawned = {
-        let _g = reaper::guard();
-        cmd.spawn().map(|c| {
-            let pid = c.id() as i32;
-            (pid, reaper::watch_new(pid))
-        })
-    };
-    // SAFETY: child_fd is our duplicate, used by nobody else.
-    unsafe { libc::close(child_fd) };
-    let console = console.map(|(ours, theirs)| {
-        // SAFETY: as for child_fd: only the setup process needed this duplicate.
-        unsafe { libc::close(theirs) };
-        ours
-    });
-    drop(cmd);
-    let (mid_pid, mid_exit) =
-        spawned.map_err(|e| other(format!("cannot start {}: {e}", exe.display())))?;
-
-    let mut grandchild: Option<(i32, ExitWatch)> = None;
-    let result = drive(
-        &mut parent,
-        mid_pid,
-        setup,
-        cgroup,
-        spec,
-        bundle,
-        &mut grandchild,
-    )
-    .and_then(|()| match &console {
-        // Sent before "ready": already queued, or the container process is gone.
-        Some(sock) => crate::console::recv_master(sock.as_fd(), CONSOLE_WAIT)
-            .map(Some)
-            .map_err(|e| other(format!("cannot receive the terminal: {e}"))),
-        None => Ok(None),
-    });
-    match result {
-        Ok(master) => match grandchild {
-            Some((pid, exit)) => Ok((pid, exit, master)),
-            None => Err(other(
-                "the setup process never reported the container process",
-            )),
-        },
-        Err(e) => {
-            let _ = kill(mid_pid, libc::SIGKILL);
-            if let Some((pid, exit)) = &grandchild {
-                let _ = kill(*pid, libc::SIGKILL);
-                let _ = exit.wait_timeout(ROLLBACK_WAIT);
-            }
-            let _ = mid_exit.wait_timeout(ROLLBACK_WAIT);
-            Err(e)
-        }
-    }
-}
-
-fn drive(
-    sock: &mut UnixStream,
-    mid_pid: i32,
-    setup: &Setup,
-    cgroup: &Cgroup,
-    spec: &Spec,
-    bundle: &Path,
-    grandchild: &mut Option<(i32, ExitWatch)>,
-) -> Result<()> {
-    cgroup.add_pid(mid_pid).map_err(cgroup_err)?;
-    sock.set_read_timeout(Some(SETUP_TIMEOUT)).map_err(other)?;
-    send(sock, &ToChild::Setup(Box::new(setup.clone())))
-        .map_err(|e| other(format!("cannot send the setup data: {e}")))?;
-    loop {
-        let msg = recv::<ToParent>(sock)
-            .map_err(|e| other(format!("the setup of the container process failed: {e}")))?;
-        match msg {
-            None => {
-                return Err(other(
-                    "the container process exited during setup without reporting an error",
-                ));
-            }
-            Some(ToParent::Error(m)) => return Err(Error::Other(m)),
-            Some(ToParent::NeedIdMaps) => {
-                let reply = match write_id_maps(mid_pid, spec) {
-                    Ok(()) => ToChild::Ok,
-                    Err(e) => {
-                        let _ = send(sock, &ToChild::Abort(e.to_string()));
-                        return Err(e);
-                    }
-                };
-                send(sock, &reply).map_err(other)?;
-            }
-            Some(ToParent::Pid(pid)) => {
-                *grandchild = Some((pid, reaper::watch(pid)));
-                send(sock, &ToChild::Ok).map_err(other)?;
-            }
-            Some(ToParent::RunHooks) => {
-                let pid = grandchild.as_ref().map(|g| g.0).unwrap_or(0);
-                let state = crate::hooks::state_json(spec, &setup.id, "created", pid, bundle);
-                #[allow(deprecated)]
-                let mut hooks = hooks_of(spec, |h| h.prestart());
-                hooks.extend(hooks_of(spec, |h| h.create_runtime()));
-                if let Err(e) = crate::hooks::run_in_engine(&hooks, &state) {
-                    let msg = format!("a prestart or createRuntime hook failed: {e:#}");
-                    let _ = send(sock, &ToChild::Abort(msg.clone()));
-                    return Err(Error::Other(msg));
-                }
-                send(sock, &ToChild::Ok).map_err(other)?;
-            }
-            Some(ToParent::Ready) => return Ok(()),
-        }
-    }
 }
 
 #[cfg(test)]

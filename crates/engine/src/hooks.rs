@@ -73,10 +73,31 @@ fn describe(hook: &Hook, code: i32, timed_out: bool, stderr: &[u8]) -> anyhow::E
 /// Runs hooks in the engine's namespaces (through the reaper), in order,
 /// stopping at the first failure.
 pub fn run_in_engine(hooks: &[Hook], state: &[u8]) -> anyhow::Result<()> {
+    run_in_engine_cancellable(hooks, state, None)
+}
+
+/// [`run_in_engine`] that `cancel` cuts short: the running hook is killed and no further hook
+/// starts.
+pub fn run_in_engine_cancellable(
+    hooks: &[Hook],
+    state: &[u8],
+    cancel: Option<&crate::Cancel>,
+) -> anyhow::Result<()> {
     for hook in hooks {
         tracing::debug!(subsystem = "hooks", path = %hook.path().display(), args = ?hook.args(), timeout = ?timeout(hook), "running hook");
-        let out = crate::reaper::run_command(&mut command(hook), Some(state), Some(timeout(hook)))
-            .with_context(|| format!("cannot run the hook {}", hook.path().display()))?;
+        if cancel.is_some_and(|c| c.is_cancelled()) {
+            return Err(anyhow!(
+                "cancelled before the hook {}",
+                hook.path().display()
+            ));
+        }
+        let out = crate::reaper::run_command_cancellable(
+            &mut command(hook),
+            Some(state),
+            Some(timeout(hook)),
+            cancel,
+        )
+        .with_context(|| format!("cannot run the hook {}", hook.path().display()))?;
         tracing::debug!(subsystem = "hooks", path = %hook.path().display(), exit_code = out.code, timed_out = out.timed_out, "hook finished");
         if out.code != 0 || out.timed_out {
             return Err(describe(hook, out.code, out.timed_out, &out.stderr));

@@ -8,6 +8,7 @@
 //! with [`EngineConfig::init_args`]; that program must call [`child::run`]
 //! first thing in `main`, before it starts any thread.
 
+mod cancel;
 pub mod cgroups;
 pub mod child;
 mod console;
@@ -15,6 +16,7 @@ mod container;
 pub mod fsutil;
 mod hooks;
 pub mod reaper;
+mod selfexe;
 mod setup;
 mod sync;
 mod validate;
@@ -22,7 +24,8 @@ mod validate;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
-pub use container::{Container, Status};
+pub use cancel::Cancel;
+pub use container::{Container, ExecPlan, PostStart, Status};
 pub use reaper::{CommandOutput, ExitWatch};
 pub use validate::validate_container_id;
 
@@ -38,6 +41,9 @@ pub enum Error {
     /// Something named by the caller does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The set-up was abandoned through its [`Cancel`] handle (and rolled back).
+    #[error("{0}")]
+    Cancelled(String),
     /// Any other failure.
     #[error("{0}")]
     Other(String),
@@ -63,7 +69,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct EngineConfig {
     /// Bundles live in `run_dir/<container id>` (default `/run/kata-containers`).
     pub run_dir: PathBuf,
-    /// Program re-executed to set up container processes (default `/proc/self/exe`).
+    /// Program re-executed to set up container processes (default `/proc/self/exe`). It is run
+    /// from a sealed in-memory copy, never from its file (see `selfexe.rs`).
     pub init_exe: PathBuf,
     /// Arguments that make `init_exe` call [`child::run`] (default `["init"]`).
     pub init_args: Vec<String>,

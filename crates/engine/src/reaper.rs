@@ -283,6 +283,16 @@ pub fn run_command(
     stdin: Option<&[u8]>,
     timeout: Option<Duration>,
 ) -> io::Result<CommandOutput> {
+    run_command_cancellable(cmd, stdin, timeout, None)
+}
+
+/// [`run_command`] that `cancel` can cut short (the command is then SIGKILLed).
+pub fn run_command_cancellable(
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    timeout: Option<Duration>,
+    cancel: Option<&crate::Cancel>,
+) -> io::Result<CommandOutput> {
     start();
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -298,6 +308,9 @@ pub fn run_command(
         (child, w)
     };
     let pid = exit.pid();
+    if let Some(c) = cancel {
+        c.track(&exit);
+    }
 
     if let (Some(mut pipe), Some(data)) = (child.stdin.take(), stdin) {
         let data = data.to_vec();
@@ -368,6 +381,9 @@ pub fn run_command(
         if done_rx.recv_timeout(left).is_err() {
             break;
         }
+    }
+    if let Some(c) = cancel {
+        c.untrack(pid);
     }
     let take =
         |b: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner()));

@@ -12,8 +12,11 @@ use protocols::agent::{
     WaitProcessResponse,
 };
 
+use tracing::warn;
+
 use crate::container::CreateParams;
 use crate::error::{AgentError, Result};
+use crate::lifecycle::{AbandonHandle, Abandoned, Reservation};
 use crate::sandbox::Agent;
 use crate::{device, oci};
 
@@ -27,7 +30,7 @@ pub async fn create_container(agent: &Arc<Agent>, req: CreateContainerRequest) -
         .as_ref()
         .ok_or_else(|| AgentError::invalid_argument("the request has no OCI spec"))?;
     let mut spec = oci::spec_from_proto(proto_spec)?;
-    // CDI devices (device/cdi): only the spec changes, so nothing needs undoing afterwards.
+    // CDI devices (device/cdi): only the spec changes, so a cancelled wait leaves nothing behind.
     device::cdi::inject(
         &mut spec,
         &agent.config.cdi_spec_dirs,
@@ -35,46 +38,101 @@ pub async fn create_container(agent: &Arc<Agent>, req: CreateContainerRequest) -
         agent.config.visible_cdi_devices,
     )
     .await?;
+    // The id is reserved before anything else is awaited; the work and its rollback run in a task
+    // of their own, which this request only awaits. If the request goes away first (timeout_nano,
+    // closed connection), `abandon` cancels the work, which then rolls back; see lifecycle.rs.
+    let reservation = agent.containers.reserve(&req.container_id).await?;
+    let abandon = AbandonCreate {
+        agent: agent.clone(),
+        id: req.container_id.clone(),
+        handle: Some(reservation.abandon_handle()),
+    };
+    let task_agent = agent.clone();
+    let task = tokio::spawn(async move { create_task(task_agent, req, spec, reservation).await });
+    let result = task
+        .await
+        .map_err(|e| AgentError::internal(format!("container creation task failed: {e}")));
+    abandon.delivered();
+    result??;
+    Ok(Empty::new())
+}
+
+/// The whole of a CreateContainer: storages, then the container; the storages are released
+/// again if the container is not made. The reservation is dropped (the id freed) at the very end.
+async fn create_task(
+    agent: Arc<Agent>,
+    req: CreateContainerRequest,
+    mut spec: oci_spec::runtime::Spec,
+    reservation: Reservation,
+) -> Result<()> {
     // Devices and storages (storage.rs): everything is checked before anything is waited for or
     // mounted, and the storages are released again if the container cannot be created.
-    let (added, pcimap) = super::storage::prepare_container(agent, &req, &mut spec).await?;
+    let (added, pcimap) = super::storage::prepare_container(&agent, &req, &mut spec).await?;
     let created = agent
         .containers
         .create(
-            agent,
+            &agent,
             CreateParams {
                 id: req.container_id.clone(),
                 spec,
                 sandbox_pidns: req.sandbox_pidns,
             },
+            &reservation,
         )
         .await;
     if let Err(e) = created {
-        super::storage::rollback_container(agent, &req.container_id, &added).await;
+        super::storage::rollback_container(&agent, &req.container_id, &added).await;
         return Err(e);
     }
     // Kept for ExecProcess; forgotten by RemoveContainer.
     agent.devices.pci_maps().set(&req.container_id, pcimap);
     if !req.shared_mounts.is_empty() {
-        // Runs to its end (or rollback) even if the request is cancelled meanwhile.
-        let agent = agent.clone();
-        let task = tokio::spawn(async move {
-            let cid = req.container_id.clone();
-            let result = crate::shared_mount::setup(&agent, &cid, &req.shared_mounts).await;
-            if result.is_err() {
-                if let Err(e) = agent.containers.remove(&cid, Duration::ZERO).await {
-                    tracing::warn!(subsystem = "container", container_id = %cid, error = %e, "cannot remove the container after its shared mounts failed");
-                } else {
-                    agent.devices.pci_maps().forget(&cid);
-                    super::storage::rollback_container(&agent, &cid, &added).await;
-                }
+        let cid = req.container_id.clone();
+        let result = crate::shared_mount::setup(&agent, &cid, &req.shared_mounts).await;
+        if result.is_err() {
+            if let Err(e) = agent.containers.remove(&cid, Duration::ZERO).await {
+                warn!(subsystem = "container", container_id = %cid, error = %e, "cannot remove the container after its shared mounts failed");
+            } else {
+                agent.devices.pci_maps().forget(&cid);
+                super::storage::rollback_container(&agent, &cid, &added).await;
             }
-            result
-        });
-        task.await
-            .map_err(|e| AgentError::internal(format!("shared-mount task failed: {e}")))??;
+        }
+        result?;
     }
-    Ok(Empty::new())
+    drop(reservation);
+    Ok(())
+}
+
+/// Abandons a creation whose request is dropped before it has its answer.
+struct AbandonCreate {
+    agent: Arc<Agent>,
+    id: String,
+    handle: Option<AbandonHandle>,
+}
+
+impl AbandonCreate {
+    fn delivered(mut self) {
+        self.handle = None;
+    }
+}
+
+impl Drop for AbandonCreate {
+    fn drop(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        if handle.abandon() == Abandoned::WasRegistered {
+            // Made just before the request went away: its client never learnt of it.
+            let agent = self.agent.clone();
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = agent.containers.remove(&id, Duration::ZERO).await {
+                    warn!(subsystem = "container", container_id = %id, error = %e, "cannot remove a container whose creation was abandoned");
+                }
+                super::storage::release_container(&agent, &id).await;
+            });
+        }
+    }
 }
 
 pub async fn start_container(agent: &Agent, req: StartContainerRequest) -> Result<Empty> {

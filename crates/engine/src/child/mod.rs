@@ -571,11 +571,33 @@ fn build_env(p: &Process) -> Vec<(String, String)> {
 }
 
 fn passwd_home(uid: u32) -> Option<String> {
-    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    let text = read_account_file(Path::new("/etc/passwd"))?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() >= 6 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5].to_string())
     })
+}
+
+/// Largest account database (`/etc/passwd`, `/etc/group`) read.
+const MAX_ACCOUNT_FILE: u64 = 4 << 20;
+
+/// Reads an account database of the image without ever blocking on it: the file is opened
+/// non-blocking, without following a final symlink and without becoming a controlling terminal,
+/// and anything but a regular file (a FIFO, a device, a socket) is refused, as is a file larger
+/// than [`MAX_ACCOUNT_FILE`].
+fn read_account_file(path: &Path) -> Option<String> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.file_type().is_file() || meta.len() > MAX_ACCOUNT_FILE {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(MAX_ACCOUNT_FILE).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// Resolves `arg0` like execvp, with the PATH of the new environment.
@@ -644,6 +666,22 @@ mod tests {
                 ("C".to_string(), "a=b".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn account_files_never_block_and_must_be_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("passwd");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        // A FIFO without a writer would block a plain open forever.
+        assert_eq!(read_account_file(&fifo), None);
+        let link = dir.path().join("link");
+        let real = dir.path().join("real");
+        std::fs::write(&real, "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(read_account_file(&link), None);
+        assert!(read_account_file(&real).unwrap().contains("/root"));
+        assert_eq!(read_account_file(Path::new("/dev/zero")), None);
     }
 
     #[test]

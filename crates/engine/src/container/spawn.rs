@@ -1,0 +1,302 @@
+//! Setting a container process up: the setup process is started from the sealed copy of the
+//! program and driven through the sync protocol (`docs/engine.md`); every process it starts is
+//! tracked by the call's [`Cancel`].
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use oci_spec::runtime::{Hook, Spec};
+
+use super::{cgroup_err, hooks_of, kill, other, CONSOLE_WAIT, ROLLBACK_WAIT, SETUP_TIMEOUT};
+use crate::cancel::Cancel;
+use crate::cgroups::Cgroup;
+use crate::reaper::{self, ExitWatch};
+use crate::setup::Setup;
+use crate::sync::{recv, send, ToChild, ToParent};
+use crate::{Error, Result, Stdio};
+
+/// Poststart hooks of a started container, run by [`PostStart::run`] outside any lock.
+#[derive(Debug)]
+pub struct PostStart {
+    pub(super) id: String,
+    pub(super) hooks: Vec<Hook>,
+    pub(super) state: Vec<u8>,
+}
+
+impl PostStart {
+    /// Runs the hooks; a failure is logged (the container runs on, as the OCI spec says).
+    pub fn run(self) {
+        if let Err(e) = crate::hooks::run_in_engine(&self.hooks, &self.state) {
+            tracing::warn!("container {}: poststart hook failed: {e:#}", self.id);
+        }
+    }
+}
+
+/// An exec, prepared by [`Container::prepare_exec`]: owns everything the set-up needs.
+#[derive(Debug)]
+pub struct ExecPlan {
+    pub(super) exe: PathBuf,
+    pub(super) args: Vec<String>,
+    pub(super) setup: Setup,
+    pub(super) cgroup: Cgroup,
+    pub(super) bundle: PathBuf,
+    /// Namespace descriptors named by `setup.namespaces` (as `/proc/<pid>/fd/<n>`).
+    pub(super) _pinned: Vec<File>,
+}
+
+impl ExecPlan {
+    /// Sets the process up and returns once it is about to exec. `cancel` abandons the set-up
+    /// (its processes are killed and the call fails).
+    pub fn spawn(self, stdio: Stdio, cancel: &Cancel) -> Result<(i32, ExitWatch, Option<OwnedFd>)> {
+        spawn(
+            &self.exe,
+            &self.args,
+            &self.setup,
+            stdio,
+            &self.cgroup,
+            &self.setup.spec,
+            &self.bundle,
+            cancel,
+        )
+    }
+}
+
+fn to_stdio(fd: Option<OwnedFd>) -> std::process::Stdio {
+    match fd {
+        Some(fd) => std::process::Stdio::from(fd),
+        None => std::process::Stdio::null(),
+    }
+}
+
+/// Writes `/proc/<pid>/{uid,gid}_map` from the spec.
+fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    for (file, maps) in [
+        ("uid_map", linux.and_then(|l| l.uid_mappings().clone())),
+        ("gid_map", linux.and_then(|l| l.gid_mappings().clone())),
+    ] {
+        let text: String = maps
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m.size() > 0)
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect();
+        std::fs::write(format!("/proc/{pid}/{file}"), text)
+            .map_err(|e| other(format!("cannot write the {file} of the container: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Starts a setup process for `setup` and drives the sync protocol until the
+/// container process is ready. On failure (or cancellation) every process started is killed.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn spawn(
+    exe: &Path,
+    args: &[String],
+    setup: &Setup,
+    stdio: Stdio,
+    cgroup: &Cgroup,
+    spec: &Spec,
+    bundle: &Path,
+    cancel: &Cancel,
+) -> Result<(i32, ExitWatch, Option<OwnedFd>)> {
+    reaper::start();
+    cancel.check()?;
+    // Never the program's own file: a container must not reach it (CVE-2019-5736).
+    let sealed = crate::selfexe::sealed_path(exe)?;
+    let (mut parent, child) = UnixStream::pair().map_err(other)?;
+    // Keep the child's end away from fds 0-2, which Command rewires first.
+    let child_fd = nix::fcntl::fcntl(child.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+        .map_err(other)?;
+    drop(child);
+    // A terminal process sends its pty master back on a socket of its own (fd 4).
+    let terminal = setup.process.terminal().unwrap_or(false);
+    let mut console: Option<(OwnedFd, i32)> = None;
+    if terminal {
+        let pair = crate::console::socket_pair()
+            .and_then(|(ours, theirs)| {
+                let fd = nix::fcntl::fcntl(
+                    theirs.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10),
+                )?;
+                Ok((ours, fd))
+            })
+            .map_err(|e| other(format!("cannot create the console socket: {e}")));
+        match pair {
+            Ok(p) => console = Some(p),
+            Err(e) => {
+                // SAFETY: child_fd is our duplicate, used by nobody else.
+                unsafe { libc::close(child_fd) };
+                return Err(e);
+            }
+        }
+    }
+    let console_child_fd = console.as_ref().map(|c| c.1).unwrap_or(-1);
+    let mut cmd = Command::new(&sealed);
+    cmd.args(args)
+        .env_clear()
+        .env(crate::child::SYNC_FD_ENV, "3")
+        .stdin(to_stdio(stdio.stdin))
+        .stdout(to_stdio(stdio.stdout))
+        .stderr(to_stdio(stdio.stderr));
+    if terminal {
+        cmd.env(
+            crate::console::CONSOLE_FD_ENV,
+            crate::console::CONSOLE_FD.to_string(),
+        );
+    }
+    // SAFETY: the closure only calls dup2, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(child_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if console_child_fd >= 0 && libc::dup2(console_child_fd, crate::console::CONSOLE_FD) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let spawned = {
+        let _g = reaper::guard();
+        cmd.spawn().map(|c| {
+            let pid = c.id() as i32;
+            (pid, reaper::watch_new(pid))
+        })
+    };
+    // SAFETY: child_fd is our duplicate, used by nobody else.
+    unsafe { libc::close(child_fd) };
+    let console = console.map(|(ours, theirs)| {
+        // SAFETY: as for child_fd: only the setup process needed this duplicate.
+        unsafe { libc::close(theirs) };
+        ours
+    });
+    drop(cmd);
+    let (mid_pid, mid_exit) =
+        spawned.map_err(|e| other(format!("cannot start {}: {e}", exe.display())))?;
+    cancel.track(&mid_exit);
+
+    let mut grandchild: Option<(i32, ExitWatch)> = None;
+    let result = drive(
+        &mut parent,
+        mid_pid,
+        setup,
+        cgroup,
+        spec,
+        bundle,
+        &mut grandchild,
+        cancel,
+    )
+    .and_then(|()| match &console {
+        // Sent before "ready": already queued, or the container process is gone.
+        Some(sock) => crate::console::recv_master(sock.as_fd(), CONSOLE_WAIT)
+            .map(Some)
+            .map_err(|e| other(format!("cannot receive the terminal: {e}"))),
+        None => Ok(None),
+    });
+    // A cancelled set-up fails whatever it reports: its processes are (being) killed.
+    let result = match (result, cancel.is_cancelled()) {
+        (_, true) => Err(cancel.error()),
+        (r, false) => r,
+    };
+    match result {
+        Ok(master) => match grandchild {
+            Some(g) => {
+                cancel.untrack(mid_pid);
+                cancel.untrack(g.0);
+                // The intermediate has reported everything and exits; reap it before returning
+                // so that no exec leaves a zombie or an exit record behind.
+                let _ = mid_exit.wait_timeout(ROLLBACK_WAIT);
+                Ok((g.0, g.1, master))
+            }
+            None => {
+                let _ = kill(mid_pid, libc::SIGKILL);
+                let _ = mid_exit.wait_timeout(ROLLBACK_WAIT);
+                Err(other(
+                    "the setup process never reported the container process",
+                ))
+            }
+        },
+        Err(e) => {
+            let _ = kill(mid_pid, libc::SIGKILL);
+            if let Some((pid, exit)) = &grandchild {
+                let _ = kill(*pid, libc::SIGKILL);
+                let _ = exit.wait_timeout(ROLLBACK_WAIT);
+            }
+            let _ = mid_exit.wait_timeout(ROLLBACK_WAIT);
+            cancel.untrack(mid_pid);
+            if let Some((pid, _)) = &grandchild {
+                cancel.untrack(*pid);
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    sock: &mut UnixStream,
+    mid_pid: i32,
+    setup: &Setup,
+    cgroup: &Cgroup,
+    spec: &Spec,
+    bundle: &Path,
+    grandchild: &mut Option<(i32, ExitWatch)>,
+    cancel: &Cancel,
+) -> Result<()> {
+    cgroup.add_pid(mid_pid).map_err(cgroup_err)?;
+    sock.set_read_timeout(Some(SETUP_TIMEOUT)).map_err(other)?;
+    send(sock, &ToChild::Setup(Box::new(setup.clone())))
+        .map_err(|e| other(format!("cannot send the setup data: {e}")))?;
+    loop {
+        let msg = recv::<ToParent>(sock)
+            .map_err(|e| other(format!("the setup of the container process failed: {e}")))?;
+        match msg {
+            None => {
+                return Err(other(
+                    "the container process exited during setup without reporting an error",
+                ));
+            }
+            Some(ToParent::Error(m)) => return Err(Error::Other(m)),
+            Some(ToParent::NeedIdMaps) => {
+                let reply = match write_id_maps(mid_pid, spec) {
+                    Ok(()) => ToChild::Ok,
+                    Err(e) => {
+                        let _ = send(sock, &ToChild::Abort(e.to_string()));
+                        return Err(e);
+                    }
+                };
+                send(sock, &reply).map_err(other)?;
+            }
+            Some(ToParent::Pid(pid)) => {
+                let watch = reaper::watch(pid);
+                *grandchild = Some((pid, watch.clone()));
+                if !cancel.track(&watch) {
+                    return Err(cancel.error());
+                }
+                send(sock, &ToChild::Ok).map_err(other)?;
+            }
+            Some(ToParent::RunHooks) => {
+                let pid = grandchild.as_ref().map(|g| g.0).unwrap_or(0);
+                let state = crate::hooks::state_json(spec, &setup.id, "created", pid, bundle);
+                #[allow(deprecated)]
+                let mut hooks = hooks_of(spec, |h| h.prestart());
+                hooks.extend(hooks_of(spec, |h| h.create_runtime()));
+                if let Err(e) =
+                    crate::hooks::run_in_engine_cancellable(&hooks, &state, Some(cancel))
+                {
+                    let msg = format!("a prestart or createRuntime hook failed: {e:#}");
+                    let _ = send(sock, &ToChild::Abort(msg.clone()));
+                    return Err(Error::Other(msg));
+                }
+                send(sock, &ToChild::Ok).map_err(other)?;
+            }
+            Some(ToParent::Ready) => return Ok(()),
+        }
+    }
+}

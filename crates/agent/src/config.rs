@@ -106,6 +106,9 @@ pub struct AgentConfig {
     pub debug_console_addr: Option<String>,
     /// Trace export address (`KATA_AGENT_TRACE_ADDR`); replaces `vsock://2:10240`.
     pub trace_addr: Option<String>,
+    /// Pass-fd stdio listener address (`KATA_AGENT_PASSFD_ADDR`); replaces
+    /// `vsock://-1:<passfd_listener_port>`.
+    pub passfd_addr: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -138,6 +141,7 @@ impl Default for AgentConfig {
             log_addr: None,
             debug_console_addr: None,
             trace_addr: None,
+            passfd_addr: None,
         }
     }
 }
@@ -423,8 +427,9 @@ impl Builder {
             ("KATA_AGENT_CONSOLE", &mut cfg.console_path, None),
             ("KATA_AGENT_DEV_ROOT", &mut cfg.dev_root, None),
         ];
-        let addresses: [(&str, &mut Option<String>); 3] = [
+        let addresses: [(&str, &mut Option<String>); 4] = [
             ("KATA_AGENT_LOG_ADDR", &mut cfg.log_addr),
+            ("KATA_AGENT_PASSFD_ADDR", &mut cfg.passfd_addr),
             ("KATA_AGENT_DEBUG_CONSOLE_ADDR", &mut cfg.debug_console_addr),
             ("KATA_AGENT_TRACE_ADDR", &mut cfg.trace_addr),
         ];
@@ -1408,6 +1413,7 @@ mod tests {
             log_addr: None,
             debug_console_addr: None,
             trace_addr: None,
+            passfd_addr: None,
         };
         assert_eq!(c, expected);
     }

@@ -17,6 +17,7 @@ mod metrics;
 mod namespaces;
 mod network;
 mod oci;
+mod passfd;
 mod rpc;
 mod sandbox;
 mod server;
@@ -155,6 +156,9 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
             error!(subsystem = "debug-console", error = %e, "the debug console did not start");
             None
         });
+        if let Err(e) = passfd::start(&cfg) {
+            error!(subsystem = "passfd", error = %format!("{e:#}"), "the pass-fd stream listener did not start");
+        }
         let reason = server::serve(agent.clone(), &cfg.server_addr).await;
         if let Some(console) = console {
             console.stop(std::time::Duration::from_secs(5)).await;

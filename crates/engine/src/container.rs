@@ -602,22 +602,41 @@ impl Container {
         if self.paused || self.cgroup.is_frozen() {
             let _ = self.cgroup.thaw();
         }
+        // Common case: the processes have exited already (the init's exit is known and the
+        // cgroup is empty); nothing is killed and nothing waited for. Otherwise kill what still
+        // runs and wait for the exit watch and the cgroup, repeating the kill for racing forks.
+        let mut round = 0u32;
         loop {
-            self.kill_everything();
-            let empty = self.cgroup.pids().map(|p| p.is_empty()).unwrap_or(true);
-            let init_gone = self.init_exit.try_get().is_some()
-                || !Path::new(&format!("/proc/{}", self.init_pid)).exists();
-            if empty && init_gone {
+            let init_gone = self.init_exit.try_get().is_some();
+            let populated = self.cgroup.is_populated().unwrap_or(false);
+            if init_gone && !populated {
                 break;
             }
-            if Instant::now() >= deadline {
+            if !init_gone && !populated && !Path::new(&format!("/proc/{}", self.init_pid)).exists()
+            {
+                break; // not ours to wait for any more (reaped elsewhere)
+            }
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(other(format!(
                     "The processes of container {} did not exit within {} ms after SIGKILL.",
                     self.id,
                     timeout.as_millis()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            self.kill_everything();
+            // The init dies first (its pid namespace takes the rest with it): wait on its exit,
+            // then on the cgroup emptying.
+            let slice = Duration::from_millis(if round < 3 { 20 } else { 200 });
+            let left = (deadline - now).min(slice);
+            if !init_gone {
+                let _ = self.init_exit.wait_timeout(left);
+            }
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(slice);
+            self.cgroup.wait_empty(left);
+            round += 1;
         }
         self.paused = false;
         let hooks = hooks_of(&self.spec, |h| h.poststop());
@@ -626,12 +645,32 @@ impl Container {
         }
         self.namespaces.clear();
         self.cgroup.destroy().map_err(cgroup_err)?;
-        crate::fsutil::unmount_all_under(&self.bundle.join("rootfs"))
-            .map_err(|e| other(format!("cannot unmount the rootfs of {}: {e}", self.id)))?;
+        let rootfs = self.bundle.join("rootfs");
         let res = if self.created_bundle {
-            crate::fsutil::unmount_all_under(&self.bundle)
-                .and_then(|_| std::fs::remove_dir_all(&self.bundle))
+            // Fast path without a mount table scan: detach the rootfs bind mount (with
+            // everything below it) and remove the bundle's known entries with plain
+            // rmdir/unlink, which never touch what might still be mounted. Anything left over
+            // (another mount, unknown files) takes the scanning path.
+            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_file(self.bundle.join("config.json"));
+            let _ = std::fs::remove_file(self.bundle.join("exec.fifo"));
+            let fast = std::fs::remove_dir(&rootfs)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })
+                .and_then(|_| std::fs::remove_dir(&self.bundle));
+            match fast {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(_) => crate::fsutil::unmount_all_under(&self.bundle)
+                    .map_err(|e| other(format!("cannot unmount the rootfs of {}: {e}", self.id)))
+                    .and_then(|_| std::fs::remove_dir_all(&self.bundle).map_err(other))
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            }
         } else {
+            crate::fsutil::unmount_all_under(&rootfs)
+                .map_err(|e| other(format!("cannot unmount the rootfs of {}: {e}", self.id)))?;
             let _ = std::fs::remove_file(self.bundle.join("config.json"));
             let _ = std::fs::remove_dir(self.bundle.join("rootfs"));
             std::fs::remove_file(self.bundle.join("exec.fifo"))

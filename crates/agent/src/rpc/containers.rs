@@ -30,6 +30,9 @@ pub async fn create_container(agent: &Agent, req: CreateContainerRequest) -> Res
         .as_ref()
         .ok_or_else(|| AgentError::invalid_argument("the request has no OCI spec"))?;
     let mut spec = oci::spec_from_proto(proto_spec)?;
+    // Pass-fd streams first: a stream that never arrives fails the request before anything exists.
+    let streams =
+        crate::passfd::take_streams(req.stdin_port, req.stdout_port, req.stderr_port).await?;
     // Devices and storages (storage.rs): everything is checked before anything is waited for or
     // mounted, and the storages are released again if the container cannot be created.
     let added = super::storage::prepare_container(agent, &req, &mut spec).await?;
@@ -48,6 +51,9 @@ pub async fn create_container(agent: &Agent, req: CreateContainerRequest) -> Res
         super::storage::rollback_container(agent, &req.container_id, &added).await;
         return Err(e);
     }
+    agent
+        .containers
+        .attach_streams(&req.container_id, "", streams)?;
     Ok(Empty::new())
 }
 
@@ -74,10 +80,15 @@ pub async fn exec_process(agent: &Agent, req: ExecProcessRequest) -> Result<Empt
         .as_ref()
         .ok_or_else(|| AgentError::invalid_argument("the request has no process"))?;
     let process = oci::process_from_proto(process)?;
+    let streams =
+        crate::passfd::take_streams(req.stdin_port, req.stdout_port, req.stderr_port).await?;
     agent
         .containers
         .exec(agent, &req.container_id, &req.exec_id, process)
         .await?;
+    agent
+        .containers
+        .attach_streams(&req.container_id, &req.exec_id, streams)?;
     Ok(Empty::new())
 }
 

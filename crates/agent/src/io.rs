@@ -344,13 +344,21 @@ impl StreamReader {
             match step? {
                 Some(true) => {}
                 None => {
-                    // Destination full: all output must be delivered, so only wait.
+                    // Destination full: all output must be delivered, so only wait. Readiness is
+                    // cleared only when the socket is really full now (a stale clear would lose
+                    // the wake-up of a socket that drained in between).
                     let mut g = out.writable().await?;
-                    g.clear_ready();
+                    if !poll_fd(dst, libc::POLLOUT) {
+                        g.clear_ready();
+                    }
                 }
                 Some(false) if exited_done => {
                     match tokio::time::timeout(DRAIN_AFTER_EXIT, self.fd.readable()).await {
-                        Ok(Ok(mut g)) => g.clear_ready(),
+                        Ok(Ok(mut g)) => {
+                            if !poll_in(src) {
+                                g.clear_ready();
+                            }
+                        }
                         Ok(Err(e)) => return Err(e),
                         Err(_) => {
                             state.eof = true;
@@ -360,7 +368,12 @@ impl StreamReader {
                 }
                 Some(false) => {
                     tokio::select! {
-                        ready = self.fd.readable() => ready?.clear_ready(),
+                        ready = self.fd.readable() => {
+                            let mut g = ready?;
+                            if !poll_in(src) {
+                                g.clear_ready();
+                            }
+                        }
                         _ = &mut exited => exited_done = true,
                     }
                 }
@@ -406,14 +419,19 @@ fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
 
 /// Whether `fd` is readable (or at its end) right now.
 fn poll_in(fd: RawFd) -> bool {
+    poll_fd(fd, libc::POLLIN)
+}
+
+/// Whether `fd` has `events` (or an error/hang-up, which the next operation reports) right now.
+fn poll_fd(fd: RawFd, events: libc::c_short) -> bool {
     let mut pfd = libc::pollfd {
         fd,
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     // SAFETY: one valid pollfd, no waiting.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0
+    n > 0 && pfd.revents & (events | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// The agent's write end of stdin (a pipe or the pty master).

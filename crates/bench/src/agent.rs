@@ -89,7 +89,7 @@ impl AgentProc {
             for t in d.flatten() {
                 all += 1;
                 let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-                if comm.trim().starts_with("tokio-runtime") {
+                if comm.trim().starts_with("tokio") {
                     tokio += 1;
                 }
             }

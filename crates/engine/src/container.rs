@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Process, Spec};
 
 use crate::cgroups::{self, Cgroup};
@@ -74,7 +73,6 @@ struct Undo {
     bundle: Option<PathBuf>,
     created_bundle: bool,
     fifo: bool,
-    rootfs_mounted: Option<PathBuf>,
     cgroup: Option<Cgroup>,
 }
 
@@ -96,9 +94,6 @@ impl Undo {
                 tracing::warn!("rollback: {e:#}");
             }
         }
-        if let Some(r) = &self.rootfs_mounted {
-            let _ = crate::fsutil::unmount_all_under(r);
-        }
         if let Some(b) = &self.bundle {
             if self.created_bundle {
                 let _ = crate::fsutil::unmount_all_under(b);
@@ -108,9 +103,6 @@ impl Undo {
                     let _ = std::fs::remove_file(b.join("exec.fifo"));
                 }
                 let _ = std::fs::remove_file(b.join("config.json"));
-                if self.rootfs_mounted.is_some() {
-                    let _ = std::fs::remove_dir(b.join("rootfs"));
-                }
             }
         }
     }
@@ -238,35 +230,14 @@ impl Container {
         bundle: &Path,
         undo: &mut Undo,
     ) -> Result<(i32, ExitWatch, Vec<(LinuxNamespaceType, File)>, Cgroup)> {
-        // Root: the bundle's rootfs, bind-mounted from root.path unless
-        // something (a storage) is already there.
-        let bundle_rootfs = bundle.join("rootfs");
-        let mut root = spec
-            .root()
-            .clone()
-            .ok_or_else(|| Error::InvalidArgument("The spec has no root section.".into()))?;
-        if root.path() != &bundle_rootfs {
-            if !bundle_rootfs.exists() {
-                std::fs::create_dir(&bundle_rootfs).map_err(|e| {
-                    other(format!("cannot create {}: {e}", bundle_rootfs.display()))
-                })?;
-                mount(
-                    Some(root.path()),
-                    &bundle_rootfs,
-                    None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None::<&str>,
-                )
-                .map_err(|e| {
-                    other(format!(
-                        "cannot bind-mount the root {}: {e}",
-                        root.path().display()
-                    ))
-                })?;
-                undo.rootfs_mounted = Some(bundle_rootfs.clone());
-            }
-            root.set_path(bundle_rootfs.clone());
-            spec.set_root(Some(root));
+        // Root: root.path as given (validated absolute and canonical). The container process
+        // bind-mounts it onto itself in its own mount namespace before pivoting, so nothing is
+        // mounted in the engine's namespace: teardown then has no unmount to wait for (an
+        // unmount waits for an RCU grace period, milliseconds on a busy machine).
+        if spec.root().is_none() {
+            return Err(Error::InvalidArgument(
+                "The spec has no root section.".into(),
+            ));
         }
         if let Ok(json) = serde_json::to_vec_pretty(&*spec) {
             let _ = std::fs::write(bundle.join("config.json"), json);
@@ -335,7 +306,7 @@ impl Container {
         &self.id
     }
 
-    /// The spec as used (root path rewritten to the bundle rootfs, resources updated).
+    /// The spec as used (resources updated by UpdateContainer).
     pub fn spec(&self) -> &Spec {
         &self.spec
     }
@@ -643,15 +614,25 @@ impl Container {
         if let Err(e) = crate::hooks::run_in_engine(&hooks, &self.state("stopped")) {
             tracing::warn!("container {}: poststop hook failed: {e:#}", self.id);
         }
-        self.namespaces.clear();
+        // The last reference to a mount namespace tears its mounts down and waits for an RCU
+        // grace period: release the pinned namespaces off the caller's path.
+        let pinned = std::mem::take(&mut self.namespaces);
+        if !pinned.is_empty() {
+            let spawned = std::thread::Builder::new()
+                .name("ns-release".into())
+                .stack_size(64 << 10)
+                .spawn(move || drop(pinned));
+            if let Err(e) = spawned {
+                tracing::debug!("releasing namespaces inline: {e}");
+            }
+        }
         self.cgroup.destroy().map_err(cgroup_err)?;
         let rootfs = self.bundle.join("rootfs");
         let res = if self.created_bundle {
-            // Fast path without a mount table scan: detach the rootfs bind mount (with
-            // everything below it) and remove the bundle's known entries with plain
-            // rmdir/unlink, which never touch what might still be mounted. Anything left over
-            // (another mount, unknown files) takes the scanning path.
-            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            // Fast path without a mount table scan: nothing of ours is mounted in the bundle
+            // (see create), so its known entries go with plain rmdir/unlink, which never touch
+            // what might be mounted. Anything left over (a mount someone else made, unknown
+            // files) takes the scanning path.
             let _ = std::fs::remove_file(self.bundle.join("config.json"));
             let _ = std::fs::remove_file(self.bundle.join("exec.fifo"));
             let fast = std::fs::remove_dir(&rootfs)

@@ -379,10 +379,7 @@ where
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = tokio::select! {
-            r = read_some(&conn, &mut buf) => match r {
-                Ok(n) => n,
-                Err(_) => 0,
-            },
+            r = read_some(&conn, &mut buf) => r.unwrap_or_default(),
             _ = &mut exited => return,
         };
         if n == 0 {

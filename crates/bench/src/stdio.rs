@@ -1,6 +1,6 @@
 //! Throughput of process output and input: ReadStdout / WriteStdin requests, and pass-fd streams.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -93,14 +93,6 @@ pub async fn stdin(o: &Options, client: &AgentServiceClient) -> Result<()> {
     Ok(())
 }
 
-/// Opens a pass-fd stream on the unix form of the listener and names it `port`.
-fn passfd_stream(a: &AgentProc, port: u32) -> Result<std::os::unix::net::UnixStream> {
-    let mut s = std::os::unix::net::UnixStream::connect(&a.passfd)
-        .with_context(|| format!("cannot connect to {}", a.passfd.display()))?;
-    writeln!(s, "{port}")?;
-    Ok(s)
-}
-
 /// Pass-fd stdout: an exec writing with `dd bs=1M`, its stdout carried by a stream.
 pub async fn passfd(o: &Options, a: &AgentProc, client: &AgentServiceClient) -> Result<()> {
     let mib = o.throughput_mib * 4;
@@ -108,7 +100,7 @@ pub async fn passfd(o: &Options, a: &AgentProc, client: &AgentServiceClient) -> 
     let mut runs = Vec::new();
     for r in 0..o.runs {
         let port = 1000 + r as u32;
-        let mut s = passfd_stream(a, port)?;
+        let mut s = agent_client::passfd_connect_unix(&a.passfd, port)?;
         let tag = format!("pf{r}");
         let t = Instant::now();
         exec_ports(

@@ -96,23 +96,25 @@ fn exec_stdio_through_streams_exact_bytes() {
 fn container_init_streams_and_status_after_output() {
     rt().block_on(async {
         let (fx, sock) = fx("pfinit").await;
-        // Small enough to sit in the socket buffer: nobody reads the stream until WaitProcess
-        // has answered, and then everything (and the end of stream) must already be there.
+        // One write of 60000 bytes, small enough to sit in the socket buffer: nobody reads the
+        // stream until WaitProcess has answered, and then everything (and the end of stream)
+        // must already be there. (Many tiny writes would each become a socket buffer of their
+        // own and could fill the socket before the end; real clients read while they wait.)
         let o = stream(&sock, 7001);
         let e = stream(&sock, 7002);
         let mut req = agent::CreateContainerRequest::new();
         req.container_id = "c2".into();
         req.OCI = MessageField::some(fx.spec(
             "c2",
-            sh("i=0; while [ $i -lt 1000 ]; do echo line-$i; i=$((i+1)); done; echo bye >&2; exit 3"),
+            sh("dd if=/dev/zero bs=60000 count=1 2>/dev/null; echo bye >&2; exit 3"),
         ));
         req.stdout_port = 7001;
         req.stderr_port = 7002;
         fx.create_req(req).await.expect("CreateContainer with streams");
         fx.start("c2").await;
         assert_eq!(fx.wait("c2", "").await, 3);
-        let expected: String = (0..1000).map(|i| format!("line-{i}\n")).collect();
-        for (mut s, want) in [(o, expected.as_bytes()), (e, b"bye\n".as_slice())] {
+        let expected = vec![0u8; 60000];
+        for (mut s, want) in [(o, expected.as_slice()), (e, b"bye\n".as_slice())] {
             s.set_nonblocking(true).unwrap();
             let mut got = Vec::new();
             let mut buf = [0u8; 65536];

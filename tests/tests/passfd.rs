@@ -189,6 +189,14 @@ fn stream_that_never_arrives_is_a_bounded_error() {
         req.stdin_port = 4343;
         assert_eq!(code(fx.create_req(req).await), ttrpc::Code::NOT_FOUND);
         assert!(!fx.agent.run_dir.join("c5").exists());
+        // One connection cannot carry two streams.
+        let mut req = agent::ExecProcessRequest::new();
+        req.container_id = "c4".into();
+        req.exec_id = "twice".into();
+        req.process = MessageField::some(sh("true"));
+        req.stdout_port = 77;
+        req.stderr_port = 77;
+        assert_eq!(code(fx.exec_req(req).await), ttrpc::Code::INVALID_ARGUMENT);
         fx.remove("c4").await;
         fx.finish().await;
     });

@@ -278,6 +278,20 @@ pub async fn take_streams(stdin: u32, stdout: u32, stderr: u32) -> Result<Stream
     if stdin == 0 && stdout == 0 && stderr == 0 {
         return Ok(streams);
     }
+    let named: Vec<u32> = [stdin, stdout, stderr]
+        .into_iter()
+        .filter(|p| *p != 0)
+        .collect();
+    if named
+        .iter()
+        .enumerate()
+        .any(|(i, p)| named[..i].contains(p))
+    {
+        return Err(AgentError::invalid_argument(format!(
+            "stdin_port {stdin}, stdout_port {stdout} and stderr_port {stderr} must name \
+             different streams"
+        )));
+    }
     let Some(registry) = REGISTRY.get() else {
         return Err(AgentError::failed_precondition(
             "the request names pass-fd streams, but no pass-fd listener is configured \

@@ -572,6 +572,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn copy_to_moves_everything_then_ends() {
+        use std::io::Read;
+        let (parent, child) = create_stdio(false, 0).unwrap();
+        let out_w = child.stdout.unwrap();
+        let data: Vec<u8> = (0..500_000u32).map(|i| (i % 253) as u8).collect();
+        let expected = data.clone();
+        let writer = std::thread::spawn(move || {
+            let mut done = 0;
+            while done < data.len() {
+                done += nix::unistd::write(&out_w, &data[done..]).unwrap();
+            }
+            // out_w dropped here: end of stream.
+        });
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let sock = AsyncFd::new(OwnedFd::from(ours)).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            theirs.read_to_end(&mut got).unwrap();
+            got
+        });
+        let stdout = parent.stdout.unwrap();
+        let n = stdout.copy_to(&sock, pending()).await.unwrap();
+        assert_eq!(n, expected.len() as u64);
+        assert!(stdout.at_eof().await);
+        drop(sock);
+        writer.join().unwrap();
+        assert!(reader.join().unwrap() == expected);
+    }
+
+    #[tokio::test]
+    async fn copy_to_drains_when_the_peer_is_gone() {
+        let (parent, child) = create_stdio(false, 0).unwrap();
+        let out_w = child.stdout.unwrap();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(theirs);
+        ours.set_nonblocking(true).unwrap();
+        let sock = AsyncFd::new(OwnedFd::from(ours)).unwrap();
+        // More than a pipe holds: the writer only finishes if the copy keeps draining.
+        let writer = std::thread::spawn(move || {
+            let chunk = [7u8; 65536];
+            for _ in 0..32 {
+                nix::unistd::write(&out_w, &chunk).unwrap();
+            }
+        });
+        let stdout = parent.stdout.unwrap();
+        stdout.copy_to(&sock, pending()).await.unwrap();
+        writer.join().unwrap();
+    }
+
+    #[tokio::test]
     async fn pipe_size_is_applied() {
         let (parent, _child) = create_stdio(false, 1 << 20).unwrap();
         let stdout = parent.stdout.unwrap();

@@ -587,7 +587,10 @@ mod tests {
         });
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
-        let sock = AsyncFd::new(OwnedFd::from(ours)).unwrap();
+        // SAFETY: the AsyncFd owns the socket for as long as it is registered.
+        let sock = unsafe { AsyncFd::register(OwnedFd::from(ours)) }
+            .map_err(|e| e.into_parts().1)
+            .unwrap();
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             theirs.read_to_end(&mut got).unwrap();
@@ -609,7 +612,10 @@ mod tests {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         drop(theirs);
         ours.set_nonblocking(true).unwrap();
-        let sock = AsyncFd::new(OwnedFd::from(ours)).unwrap();
+        // SAFETY: the AsyncFd owns the socket for as long as it is registered.
+        let sock = unsafe { AsyncFd::register(OwnedFd::from(ours)) }
+            .map_err(|e| e.into_parts().1)
+            .unwrap();
         // More than a pipe holds: the writer only finishes if the copy keeps draining.
         let writer = std::thread::spawn(move || {
             let chunk = [7u8; 65536];

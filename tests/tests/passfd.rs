@@ -16,13 +16,13 @@ use mini::{blob, rt, sh, Mini};
 use protobuf::MessageField;
 use protocols::agent;
 
-async fn fx(tag: &str) -> (Mini, PathBuf) {
+/// The agent, the path of its pass-fd listener, and the directory holding it (removed on drop).
+async fn fx(tag: &str) -> (Mini, PathBuf, tempfile::TempDir) {
     let dir = tempfile::Builder::new()
         .prefix("kata-passfd-")
         .tempdir()
-        .unwrap()
-        .keep();
-    let sock = dir.join("passfd.sock");
+        .unwrap();
+    let sock = dir.path().join("passfd.sock");
     let opts = AgentOptions {
         env: vec![(
             "KATA_AGENT_PASSFD_ADDR",
@@ -30,7 +30,7 @@ async fn fx(tag: &str) -> (Mini, PathBuf) {
         )],
         ..Default::default()
     };
-    (Mini::new(tag, opts).await, sock)
+    (Mini::new(tag, opts).await, sock, dir)
 }
 
 /// Opens a stream and names it `port`.
@@ -58,7 +58,7 @@ fn code(r: ttrpc::Result<protobuf::well_known_types::empty::Empty>) -> ttrpc::Co
 #[test]
 fn exec_stdio_through_streams_exact_bytes() {
     rt().block_on(async {
-        let (fx, sock) = fx("pfexec").await;
+        let (fx, sock, _dir) = fx("pfexec").await;
         fx.run("c1", fx.spec("c1", sh("exec sleep 1000"))).await;
         let input = blob(3 << 20, 7);
         let (i, o, e) = (stream(&sock, 101), stream(&sock, 102), stream(&sock, 103));
@@ -95,7 +95,7 @@ fn exec_stdio_through_streams_exact_bytes() {
 #[test]
 fn container_init_streams_and_status_after_output() {
     rt().block_on(async {
-        let (fx, sock) = fx("pfinit").await;
+        let (fx, sock, _dir) = fx("pfinit").await;
         // One write of 60000 bytes, small enough to sit in the socket buffer: nobody reads the
         // stream until WaitProcess has answered, and then everything (and the end of stream)
         // must already be there. (Many tiny writes would each become a socket buffer of their
@@ -138,7 +138,7 @@ fn container_init_streams_and_status_after_output() {
 #[test]
 fn stream_arriving_after_the_request_is_waited_for() {
     rt().block_on(async {
-        let (fx, sock) = fx("pflate").await;
+        let (fx, sock, _dir) = fx("pflate").await;
         fx.run("c3", fx.spec("c3", sh("exec sleep 1000"))).await;
         let mut req = agent::ExecProcessRequest::new();
         req.container_id = "c3".into();
@@ -169,7 +169,7 @@ fn stream_arriving_after_the_request_is_waited_for() {
 #[test]
 fn stream_that_never_arrives_is_a_bounded_error() {
     rt().block_on(async {
-        let (fx, _sock) = fx("pfmissing").await;
+        let (fx, _sock, _dir) = fx("pfmissing").await;
         fx.run("c4", fx.spec("c4", sh("exec sleep 1000"))).await;
         let mut req = agent::ExecProcessRequest::new();
         req.container_id = "c4".into();

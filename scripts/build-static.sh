@@ -11,7 +11,9 @@ fi
 # libseccomp is linked from its static archive.
 export LIBSECCOMP_LINK_TYPE=static
 export LIBSECCOMP_LIB_PATH=${LIBSECCOMP_LIB_PATH:-/usr/lib/x86_64-linux-gnu}
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+# Non-PIE: a static-pie binary relocates itself at every start (the agent re-executes itself for
+# every container process), dirtying its relocated data pages; a fixed-address one does not.
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C relocation-model=static" \
     cargo build --release --target "$target" -p kata-agent
 mkdir -p target/release
 cp "target/$target/release/kata-agent" target/release/kata-agent

@@ -115,6 +115,9 @@ pub struct AgentConfig {
     pub trace_addr: Option<String>,
     /// The memory agent (`agent.mem_agent_*`, see `config::mem_agent`).
     pub mem_agent: mem_agent::MemAgentConfig,
+    /// Pass-fd stdio listener address (`KATA_AGENT_PASSFD_ADDR`); replaces
+    /// `vsock://-1:<passfd_listener_port>`.
+    pub passfd_addr: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -149,6 +152,7 @@ impl Default for AgentConfig {
             debug_console_addr: None,
             trace_addr: None,
             mem_agent: Default::default(),
+            passfd_addr: None,
         }
     }
 }
@@ -454,8 +458,9 @@ impl Builder {
             ("KATA_AGENT_CONSOLE", &mut cfg.console_path, None),
             ("KATA_AGENT_DEV_ROOT", &mut cfg.dev_root, None),
         ];
-        let addresses: [(&str, &mut Option<String>); 3] = [
+        let addresses: [(&str, &mut Option<String>); 4] = [
             ("KATA_AGENT_LOG_ADDR", &mut cfg.log_addr),
+            ("KATA_AGENT_PASSFD_ADDR", &mut cfg.passfd_addr),
             ("KATA_AGENT_DEBUG_CONSOLE_ADDR", &mut cfg.debug_console_addr),
             ("KATA_AGENT_TRACE_ADDR", &mut cfg.trace_addr),
         ];

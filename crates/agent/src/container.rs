@@ -47,6 +47,8 @@ pub struct ProcessEntry {
     /// read still gets end of stream once. Bit 0 stdout, bit 1 stderr.
     unread_ends: StdMutex<u8>,
     pty: StdMutex<Option<Arc<OwnedFd>>>,
+    /// Output copies to pass-fd streams; WaitProcess answers after they end.
+    streams_done: StdMutex<Vec<crate::passfd::CopyDone>>,
 }
 
 impl ProcessEntry {
@@ -69,6 +71,7 @@ impl ProcessEntry {
             stderr: StdMutex::new(stdio.stderr),
             pty: StdMutex::new(stdio.pty),
             unread_ends: StdMutex::new(0),
+            streams_done: StdMutex::new(Vec::new()),
         }
     }
 
@@ -159,9 +162,8 @@ pub struct ContainerEntry {
     pending_execs: StdMutex<HashMap<String, engine::Cancel>>,
     /// Set once removal began: no exec may start or register any more.
     closing: AtomicBool,
-    /// The thread watching the container's memory cgroup for OOM kills (ends when the cgroup is
-    /// removed).
-    oom_thread: StdMutex<Option<std::thread::JoinHandle<()>>>,
+    /// The registration of the container's memory cgroup with the sandbox's OOM monitor.
+    oom_token: StdMutex<Option<engine::cgroups::OomToken>>,
 }
 
 impl ContainerEntry {
@@ -244,6 +246,8 @@ pub struct Containers {
     sandbox_pidns: StdMutex<Option<File>>,
     oom_tx: mpsc::Sender<String>,
     oom_rx: Mutex<mpsc::Receiver<String>>,
+    /// One thread watching the OOM events of every container (started with the first one).
+    oom_monitor: std::sync::OnceLock<Option<engine::cgroups::OomMonitor>>,
 }
 
 impl Default for Containers {
@@ -255,6 +259,7 @@ impl Default for Containers {
             sandbox_pidns: StdMutex::new(None),
             oom_tx,
             oom_rx: Mutex::new(oom_rx),
+            oom_monitor: std::sync::OnceLock::new(),
         }
     }
 }
@@ -368,7 +373,7 @@ impl Containers {
             finished: StdMutex::new(HashMap::new()),
             pending_execs: StdMutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
-            oom_thread: StdMutex::new(None),
+            oom_token: StdMutex::new(None),
         });
         let registered = reservation.register(|| {
             self.map.lock().unwrap().insert(id.clone(), entry.clone());
@@ -478,28 +483,47 @@ impl Containers {
         Ok(())
     }
 
-    fn watch_oom(&self, c: &Arc<ContainerEntry>, watcher: engine::cgroups::OomWatcher) {
-        let tx = self.oom_tx.clone();
-        let id = c.id.clone();
-        let spawned = std::thread::Builder::new()
-            .name("oom-watch".into())
-            .spawn(move || {
-                let mut watcher = watcher;
-                while let Ok(true) = watcher.wait() {
-                    // Never block here: RemoveContainer joins this thread.
-                    match tx.try_send(id.clone()) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            warn!(subsystem = "container", container_id = %id, "OOM event dropped: {OOM_QUEUE} events are waiting for GetOOMEvent")
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+    /// The sandbox's OOM monitor (created on first use; None if epoll is unavailable).
+    fn oom_monitor(&self) -> Option<&engine::cgroups::OomMonitor> {
+        self.oom_monitor
+            .get_or_init(|| {
+                let tx = self.oom_tx.clone();
+                let made = engine::cgroups::OomMonitor::new(move |id: &str| {
+                    // Never block the monitor thread: it serves every container.
+                    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(id.to_string()) {
+                        warn!(subsystem = "container", container_id = %id, "OOM event dropped: {OOM_QUEUE} events are waiting for GetOOMEvent");
+                    }
+                });
+                match made {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        warn!(subsystem = "container", error = %format!("{e:#}"), "cannot watch OOM events");
+                        None
                     }
                 }
-            });
-        match spawned {
-            Ok(handle) => *c.oom_thread.lock().unwrap() = Some(handle),
-            Err(e) => warn!(error = %e, "cannot start the OOM watcher thread"),
+            })
+            .as_ref()
+    }
+
+    fn watch_oom(&self, c: &Arc<ContainerEntry>, watcher: engine::cgroups::OomWatcher) {
+        let Some(monitor) = self.oom_monitor() else {
+            return;
+        };
+        match monitor.register(&c.id, watcher) {
+            Ok(token) => *c.oom_token.lock().unwrap() = Some(token),
+            Err(e) => {
+                warn!(subsystem = "container", container_id = %c.id, error = %format!("{e:#}"), "cannot watch OOM events")
+            }
         }
+    }
+
+    /// Number of containers whose OOM events are being watched (all by one thread).
+    #[allow(dead_code)]
+    pub fn oom_watched(&self) -> usize {
+        self.oom_monitor
+            .get()
+            .and_then(|m| m.as_ref())
+            .map_or(0, |m| m.len())
     }
 
     /// GetOOMEvent: the id of the next container whose memory cgroup saw an OOM kill.
@@ -551,6 +575,11 @@ impl Containers {
         let c = self.lookup(id)?;
         let p = c.process(exec_id)?;
         let status = p.exit.wait().await;
+        // Output carried by pass-fd streams is written out before the status is reported.
+        let copies = p.streams_done.lock().unwrap().clone();
+        for done in copies {
+            done.wait().await;
+        }
         let key = p.exec_id.clone();
         let removed = {
             let mut procs = c.processes.lock().unwrap();
@@ -583,6 +612,44 @@ impl Containers {
             }
         }
         Ok(status)
+    }
+
+    /// Hands the given stdio slots of a process to pass-fd streams (see passfd.rs): from now on
+    /// ReadStdout/ReadStderr/WriteStdin no longer reach those slots.
+    pub fn attach_streams(
+        &self,
+        id: &str,
+        exec_id: &str,
+        streams: crate::passfd::Streams,
+    ) -> Result<()> {
+        if streams.is_empty() {
+            return Ok(());
+        }
+        let p = self.find(id)?.process(exec_id)?;
+        fn take_if<T>(given: bool, slot: &StdMutex<Option<T>>) -> Option<T> {
+            if given {
+                slot.lock().unwrap().take()
+            } else {
+                None
+            }
+        }
+        let stdin = take_if(streams.stdin.is_some(), &p.stdin);
+        let stdout = take_if(streams.stdout.is_some(), &p.stdout);
+        // A terminal has one output, carried by the stdout stream.
+        let stderr = if p.terminal {
+            None
+        } else {
+            take_if(streams.stderr.is_some(), &p.stderr)
+        };
+        let exit = p.exit.clone();
+        let done = crate::passfd::start_copies(streams, stdin, stdout, stderr, p.terminal, || {
+            let exit = exit.clone();
+            async move {
+                let _ = exit.wait().await;
+            }
+        });
+        p.streams_done.lock().unwrap().extend(done);
+        Ok(())
     }
 
     /// ReadStdout / ReadStderr.
@@ -691,19 +758,12 @@ impl Containers {
         }
         c.processes.lock().unwrap().clear();
         c.finished.lock().unwrap().clear();
-        // The cgroup is gone, which ends the OOM watcher; wait for it so that its descriptors are
-        // released before the reply.
-        let oom_thread = c.oom_thread.lock().unwrap().take();
-        if let Some(handle) = oom_thread {
-            // Bounded: a watcher that misses the cgroup's removal must not hang the reply.
-            let joined = tokio::time::timeout(
-                Duration::from_secs(3),
-                tokio::task::spawn_blocking(move || handle.join()),
-            )
-            .await;
-            if joined.is_err() {
-                warn!(subsystem = "container", container_id = %id, "the OOM watcher did not stop; left behind");
-            }
+        // The watcher's descriptors are closed here; nothing is waited for.
+        let oom_token = c.oom_token.lock().unwrap().take();
+        if let (Some(token), Some(monitor)) =
+            (oom_token, self.oom_monitor.get().and_then(|m| m.as_ref()))
+        {
+            monitor.unregister(token);
         }
         self.map.lock().unwrap().remove(id);
         info!(subsystem = "container", container_id = %id, "container removed");

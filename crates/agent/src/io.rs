@@ -214,15 +214,19 @@ impl StreamReader {
         if state.eof {
             return Ok(Vec::new());
         }
-        let mut buf = vec![0u8; len];
         if len == 0 {
             // Nothing can be returned; wait for readability like upstream does.
             let _ = self.fd.readable().await;
-            return Ok(buf);
+            return Ok(Vec::new());
         }
+        // Sized by what is ready (not by `len`): a 1 MiB request for 64 KiB of output must not
+        // allocate, zero and fault in a whole megabyte.
+        let mut buf = Vec::new();
         tokio::pin!(exited);
         let mut exited_done = false;
         loop {
+            let want = len.min(self.ready_bytes().max(PROBE_READ));
+            buf.resize(want, 0);
             match self.fill(&mut buf) {
                 Ok(0) => {
                     state.eof = true;
@@ -264,6 +268,157 @@ impl StreamReader {
         }
     }
 
+    /// Bytes that can be read right now without blocking (FIONREAD; 0 when unknown).
+    fn ready_bytes(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the valid pointer.
+        let rc = unsafe { libc::ioctl(self.fd.get_ref().0.as_raw_fd(), libc::FIONREAD, &mut n) };
+        if rc == 0 && n > 0 {
+            n as usize
+        } else {
+            0
+        }
+    }
+
+    /// Moves the whole stream into `out` (a non-blocking socket), with `splice(2)` where the
+    /// stream is a pipe, until end of stream; `exited` has the meaning it has for [`Self::read`].
+    /// If the peer goes away, the rest is read and dropped, so that the process never blocks on a
+    /// full pipe. Returns the bytes delivered.
+    pub async fn copy_to<F>(&self, out: &AsyncFd<OwnedFd>, exited: F) -> io::Result<u64>
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let mut state = self.state.lock().await;
+        if state.eof {
+            return Ok(0);
+        }
+        let src = self.fd.get_ref().0.as_raw_fd();
+        let dst = out.as_raw_fd();
+        let mut use_splice = !self.is_pty;
+        if use_splice {
+            // A larger pipe lets the process run further ahead of the copy (fewer wake-ups).
+            let _ = fcntl(src, FcntlArg::F_SETPIPE_SZ(STREAM_PIPE_SIZE));
+        }
+        let mut peer_gone = false;
+        let mut buf: Vec<u8> = Vec::new();
+        let (mut pending_at, mut pending_len) = (0usize, 0usize);
+        let mut total = 0u64;
+        tokio::pin!(exited);
+        let mut exited_done = false;
+        loop {
+            // One step: Some(true) = progress, Some(false) = the source is empty, None = the
+            // destination is full.
+            let step: io::Result<Option<bool>> = if pending_len > 0 && !peer_gone {
+                match write_fd(dst, &buf[pending_at..pending_at + pending_len]) {
+                    Ok(n) => {
+                        pending_at += n;
+                        pending_len -= n;
+                        total += n as u64;
+                        Ok(Some(true))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(true)),
+                    Err(_) => {
+                        peer_gone = true;
+                        Ok(Some(true))
+                    }
+                }
+            } else if use_splice && !peer_gone {
+                // SAFETY: splice between two valid descriptors, no offsets.
+                let n = unsafe {
+                    libc::splice(
+                        src,
+                        std::ptr::null_mut(),
+                        dst,
+                        std::ptr::null_mut(),
+                        1 << 20,
+                        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                    )
+                };
+                if n > 0 {
+                    total += n as u64;
+                    Ok(Some(true))
+                } else if n == 0 {
+                    state.eof = true;
+                    return Ok(total);
+                } else {
+                    let e = io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EAGAIN) => Ok(if poll_in(src) { None } else { Some(false) }),
+                        Some(libc::EINTR) => Ok(Some(true)),
+                        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+                            use_splice = false;
+                            Ok(Some(true))
+                        }
+                        Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN) => {
+                            peer_gone = true;
+                            Ok(Some(true))
+                        }
+                        _ => Err(e),
+                    }
+                }
+            } else {
+                if buf.is_empty() {
+                    buf.resize(64 << 10, 0);
+                }
+                match nix::unistd::read(src, &mut buf) {
+                    Ok(0) => {
+                        state.eof = true;
+                        return Ok(total);
+                    }
+                    Ok(n) => {
+                        (pending_at, pending_len) = (0, if peer_gone { 0 } else { n });
+                        Ok(Some(true))
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => Ok(Some(false)),
+                    Err(nix::errno::Errno::EINTR) => Ok(Some(true)),
+                    Err(nix::errno::Errno::EIO) if self.is_pty => {
+                        state.eof = true;
+                        return Ok(total);
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            };
+            match step? {
+                Some(true) => {}
+                None => {
+                    // Destination full: all output must be delivered, so only wait. Readiness is
+                    // cleared only when the socket is really full now (a stale clear would lose
+                    // the wake-up of a socket that drained in between).
+                    let mut g = out.writable().await?;
+                    if !poll_fd(dst, libc::POLLOUT) {
+                        g.clear_ready();
+                    }
+                }
+                Some(false) if exited_done => {
+                    match tokio::time::timeout(DRAIN_AFTER_EXIT, self.fd.readable()).await {
+                        Ok(Ok(mut g)) => {
+                            if !poll_in(src) {
+                                g.clear_ready();
+                            }
+                        }
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => {
+                            state.eof = true;
+                            return Ok(total);
+                        }
+                    }
+                }
+                Some(false) => {
+                    tokio::select! {
+                        ready = self.fd.readable() => {
+                            let mut g = ready?;
+                            if !poll_in(src) {
+                                g.clear_ready();
+                            }
+                        }
+                        _ = &mut exited => exited_done = true,
+                    }
+                }
+            }
+        }
+    }
+
     /// Non-blocking reads into `buf` until it is full or the stream has nothing more right now.
     fn fill(&self, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
@@ -289,6 +444,39 @@ impl StreamReader {
 pub const MAX_QUEUED_STDIN: usize = 8 << 20;
 /// Most WriteStdin calls that may wait for one process at a time.
 pub const MAX_QUEUED_WRITES: usize = 64;
+
+/// Pipe size of an output that is copied to a pass-fd stream.
+const STREAM_PIPE_SIZE: i32 = 1 << 20;
+
+/// First read of a request when nothing is known to be ready (EOF or a racing writer).
+const PROBE_READ: usize = 16 << 10;
+
+fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: writing from a valid buffer of the given length.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Whether `fd` is readable (or at its end) right now.
+fn poll_in(fd: RawFd) -> bool {
+    poll_fd(fd, libc::POLLIN)
+}
+
+/// Whether `fd` has `events` (or an error/hang-up, which the next operation reports) right now.
+fn poll_fd(fd: RawFd, events: libc::c_short) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (events | libc::POLLHUP | libc::POLLERR) != 0
+}
 
 /// The agent's write end of stdin (a pipe or the pty master).
 pub struct StreamWriter {
@@ -461,6 +649,63 @@ mod tests {
         drop(writer);
         drop(parent.stdout);
         assert_eq!(reader.join().unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn copy_to_moves_everything_then_ends() {
+        use std::io::Read;
+        let (parent, child) = create_stdio(false, 0).unwrap();
+        let out_w = child.stdout.unwrap();
+        let data: Vec<u8> = (0..500_000u32).map(|i| (i % 253) as u8).collect();
+        let expected = data.clone();
+        let writer = std::thread::spawn(move || {
+            let mut done = 0;
+            while done < data.len() {
+                done += nix::unistd::write(&out_w, &data[done..]).unwrap();
+            }
+            // out_w dropped here: end of stream.
+        });
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        // SAFETY: the AsyncFd owns the socket for as long as it is registered.
+        let sock = unsafe { AsyncFd::register(OwnedFd::from(ours)) }
+            .map_err(|e| e.into_parts().1)
+            .unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            theirs.read_to_end(&mut got).unwrap();
+            got
+        });
+        let stdout = parent.stdout.unwrap();
+        let n = stdout.copy_to(&sock, pending()).await.unwrap();
+        assert_eq!(n, expected.len() as u64);
+        assert!(stdout.at_eof().await);
+        drop(sock);
+        writer.join().unwrap();
+        assert!(reader.join().unwrap() == expected);
+    }
+
+    #[tokio::test]
+    async fn copy_to_drains_when_the_peer_is_gone() {
+        let (parent, child) = create_stdio(false, 0).unwrap();
+        let out_w = child.stdout.unwrap();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(theirs);
+        ours.set_nonblocking(true).unwrap();
+        // SAFETY: the AsyncFd owns the socket for as long as it is registered.
+        let sock = unsafe { AsyncFd::register(OwnedFd::from(ours)) }
+            .map_err(|e| e.into_parts().1)
+            .unwrap();
+        // More than a pipe holds: the writer only finishes if the copy keeps draining.
+        let writer = std::thread::spawn(move || {
+            let chunk = [7u8; 65536];
+            for _ in 0..32 {
+                nix::unistd::write(&out_w, &chunk).unwrap();
+            }
+        });
+        let stdout = parent.stdout.unwrap();
+        stdout.copy_to(&sock, pending()).await.unwrap();
+        writer.join().unwrap();
     }
 
     #[tokio::test]

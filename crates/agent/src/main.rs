@@ -20,6 +20,7 @@ mod metrics;
 mod namespaces;
 mod network;
 mod oci;
+mod passfd;
 mod rpc;
 mod sandbox;
 mod server;
@@ -53,6 +54,9 @@ Environment:
   KATA_AGENT_RUN_DIR       where container bundles and sandbox state live (default /run/kata-containers)
 See docs/configuration.md for every option.
 ";
+
+/// Async worker threads by default (see `KATA_AGENT_WORKER_THREADS`).
+const DEFAULT_WORKER_THREADS: usize = 2;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -88,6 +92,10 @@ fn main() {
         }
     }
 
+    // One malloc arena per core at most: every thread getting its own arena costs resident
+    // memory for nothing in an agent whose threads mostly wait.
+    // SAFETY: mallopt with integer arguments, before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let init_mode = nix::unistd::getpid().as_raw() == 1;
     let code = match run(&args, init_mode) {
         Ok(()) => 0,
@@ -145,10 +153,22 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
     init::set_subreaper()?;
     engine::reaper::start();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    // KATA_AGENT_WORKER_THREADS: async worker threads (0 = everything on the main thread).
+    let workers = std::env::var("KATA_AGENT_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(DEFAULT_WORKER_THREADS)
+        .min(64);
+    let runtime = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
     let agent = sandbox::Agent::new(cfg.clone(), init_mode);
     // Hot-plugged devices announce themselves through uevents: listen from the start.
     if let Err(e) = agent.devices.start_listener() {
@@ -159,6 +179,9 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
             error!(subsystem = "debug-console", error = %e, "the debug console did not start");
             None
         });
+        if let Err(e) = passfd::start(&cfg) {
+            error!(subsystem = "passfd", error = %format!("{e:#}"), "the pass-fd stream listener did not start");
+        }
         let mem_agent = mem_agent::start(&cfg, init_mode);
         let reason = server::serve(agent.clone(), &cfg.server_addr).await;
         if let Some(m) = mem_agent {

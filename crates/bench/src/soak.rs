@@ -16,7 +16,8 @@ use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::CheckRequest;
 use protocols::health_ttrpc::HealthClient;
 
-use crate::{create_container, ctx, exec, remove, sandbox, start, wait, AgentProc};
+use crate::agent::AgentProc;
+use crate::ops::{create_container, ctx, exec, remove, sandbox, start, wait};
 
 struct SoakOptions {
     agent: std::path::PathBuf,

@@ -195,6 +195,14 @@ fn connect_unix(address: &Address) -> Result<UnixStream> {
 /// The reply is read one byte at a time so that nothing after the newline (which would belong
 /// to the ttRPC stream) is consumed.
 pub async fn hybrid_vsock_handshake(stream: &mut UnixStream, port: u32) -> Result<()> {
+    hybrid_vsock_connect(stream, port).await.map(|_| ())
+}
+
+/// Like [`hybrid_vsock_handshake`], and returns the host-side port of the connection from the
+/// `OK <port>` reply (0 when the reply has none). That port names a pass-fd stream in the
+/// `stdin_port`/`stdout_port`/`stderr_port` fields of CreateContainer/ExecProcess, since the
+/// agent sees it as the connection's peer port.
+pub async fn hybrid_vsock_connect(stream: &mut UnixStream, port: u32) -> Result<u32> {
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await
@@ -223,7 +231,23 @@ pub async fn hybrid_vsock_handshake(stream: &mut UnixStream, port: u32) -> Resul
             String::from_utf8_lossy(&line)
         );
     }
-    Ok(())
+    Ok(std::str::from_utf8(&line[2..])
+        .ok()
+        .and_then(|rest| rest.trim().parse::<u32>().ok())
+        .unwrap_or(0))
+}
+
+/// Opens a pass-fd stream on the unix-socket form of the agent's listener
+/// (`KATA_AGENT_PASSFD_ADDR=unix:///path`) and names it `port` (its first line, `<port>\n`).
+pub fn passfd_connect_unix(
+    path: &std::path::Path,
+    port: u32,
+) -> Result<std::os::unix::net::UnixStream> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .with_context(|| format!("cannot connect to the pass-fd listener {}", path.display()))?;
+    writeln!(s, "{port}").context("cannot name the pass-fd stream")?;
+    Ok(s)
 }
 
 /// Builds a request context; `None` or a zero duration means no timeout.
@@ -346,7 +370,11 @@ mod tests {
         });
         let addr = Address::Unix(path.to_str().unwrap().to_string());
         let mut stream = connect_unix(&addr).unwrap();
-        hybrid_vsock_handshake(&mut stream, 2048).await.unwrap();
+        // The host-side port of the connection names pass-fd streams.
+        assert_eq!(
+            hybrid_vsock_connect(&mut stream, 2048).await.unwrap(),
+            1073741824
+        );
         let mut buf = [0u8; 10];
         stream.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"from-guest");

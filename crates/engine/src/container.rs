@@ -7,7 +7,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Process, Spec};
 
 use crate::cancel::Cancel;
@@ -81,7 +80,6 @@ struct Undo {
     bundle: Option<PathBuf>,
     created_bundle: bool,
     fifo: bool,
-    rootfs_mounted: Option<PathBuf>,
     cgroup: Option<Cgroup>,
 }
 
@@ -103,9 +101,6 @@ impl Undo {
                 tracing::warn!("rollback: {e:#}");
             }
         }
-        if let Some(r) = &self.rootfs_mounted {
-            let _ = crate::fsutil::unmount_all_under(r);
-        }
         if let Some(b) = &self.bundle {
             if self.created_bundle {
                 let _ = crate::fsutil::unmount_all_under(b);
@@ -115,9 +110,6 @@ impl Undo {
                     let _ = std::fs::remove_file(b.join("exec.fifo"));
                 }
                 let _ = std::fs::remove_file(b.join("config.json"));
-                if self.rootfs_mounted.is_some() {
-                    let _ = std::fs::remove_dir(b.join("rootfs"));
-                }
             }
         }
     }
@@ -267,35 +259,14 @@ impl Container {
         Vec<(LinuxNamespaceType, File)>,
         Cgroup,
     )> {
-        // Root: the bundle's rootfs, bind-mounted from root.path unless
-        // something (a storage) is already there.
-        let bundle_rootfs = bundle.join("rootfs");
-        let mut root = spec
-            .root()
-            .clone()
-            .ok_or_else(|| Error::InvalidArgument("The spec has no root section.".into()))?;
-        if root.path() != &bundle_rootfs {
-            if !bundle_rootfs.exists() {
-                std::fs::create_dir(&bundle_rootfs).map_err(|e| {
-                    other(format!("cannot create {}: {e}", bundle_rootfs.display()))
-                })?;
-                mount(
-                    Some(root.path()),
-                    &bundle_rootfs,
-                    None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None::<&str>,
-                )
-                .map_err(|e| {
-                    other(format!(
-                        "cannot bind-mount the root {}: {e}",
-                        root.path().display()
-                    ))
-                })?;
-                undo.rootfs_mounted = Some(bundle_rootfs.clone());
-            }
-            root.set_path(bundle_rootfs.clone());
-            spec.set_root(Some(root));
+        // Root: root.path as given (validated absolute and canonical). The container process
+        // bind-mounts it onto itself in its own mount namespace before pivoting, so nothing is
+        // mounted in the engine's namespace: teardown then has no unmount to wait for (an
+        // unmount waits for an RCU grace period, milliseconds on a busy machine).
+        if spec.root().is_none() {
+            return Err(Error::InvalidArgument(
+                "The spec has no root section.".into(),
+            ));
         }
         if let Ok(json) = serde_json::to_vec_pretty(&*spec) {
             // Never through a symlink planted in the bundle.
@@ -371,7 +342,7 @@ impl Container {
         &self.id
     }
 
-    /// The spec as used (root path rewritten to the bundle rootfs, resources updated).
+    /// The spec as used (resources updated by UpdateContainer).
     pub fn spec(&self) -> &Spec {
         &self.spec
     }
@@ -667,36 +638,85 @@ impl Container {
         if self.paused || self.cgroup.is_frozen() {
             let _ = self.cgroup.thaw();
         }
+        // Common case: the processes have exited already (the init's exit is known and the
+        // cgroup is empty); nothing is killed and nothing waited for. Otherwise kill what still
+        // runs and wait for the exit watch and the cgroup, repeating the kill for racing forks.
+        let mut round = 0u32;
         loop {
-            self.kill_everything();
-            let empty = self.cgroup.pids().map(|p| p.is_empty()).unwrap_or(true);
-            let init_gone = self.init_exit.try_get().is_some()
-                || !Path::new(&format!("/proc/{}", self.init_pid)).exists();
-            if empty && init_gone {
+            let init_gone = self.init_exit.try_get().is_some();
+            let populated = self.cgroup.is_populated().unwrap_or(false);
+            if init_gone && !populated {
                 break;
             }
-            if Instant::now() >= deadline {
+            if !init_gone && !populated && !Path::new(&format!("/proc/{}", self.init_pid)).exists()
+            {
+                break; // not ours to wait for any more (reaped elsewhere)
+            }
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(other(format!(
                     "The processes of container {} did not exit within {} ms after SIGKILL.",
                     self.id,
                     timeout.as_millis()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            self.kill_everything();
+            // The init dies first (its pid namespace takes the rest with it): wait on its exit,
+            // then on the cgroup emptying.
+            let slice = Duration::from_millis(if round < 3 { 20 } else { 200 });
+            let left = (deadline - now).min(slice);
+            if !init_gone {
+                let _ = self.init_exit.wait_timeout(left);
+            }
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(slice);
+            self.cgroup.wait_empty(left);
+            round += 1;
         }
         self.paused = false;
         let hooks = hooks_of(&self.spec, |h| h.poststop());
         if let Err(e) = crate::hooks::run_in_engine(&hooks, &self.state("stopped")) {
             tracing::warn!("container {}: poststop hook failed: {e:#}", self.id);
         }
-        self.namespaces.clear();
+        // The last reference to a mount namespace tears its mounts down and waits for an RCU
+        // grace period: release the pinned namespaces off the caller's path.
+        let pinned = std::mem::take(&mut self.namespaces);
+        if !pinned.is_empty() {
+            let spawned = std::thread::Builder::new()
+                .name("ns-release".into())
+                .stack_size(64 << 10)
+                .spawn(move || drop(pinned));
+            if let Err(e) = spawned {
+                tracing::debug!("releasing namespaces inline: {e}");
+            }
+        }
         self.cgroup.destroy().map_err(cgroup_err)?;
-        crate::fsutil::unmount_all_under(&self.bundle.join("rootfs"))
-            .map_err(|e| other(format!("cannot unmount the rootfs of {}: {e}", self.id)))?;
+        let rootfs = self.bundle.join("rootfs");
         let res = if self.created_bundle {
-            crate::fsutil::unmount_all_under(&self.bundle)
-                .and_then(|_| std::fs::remove_dir_all(&self.bundle))
+            // Fast path without a mount table scan: nothing of ours is mounted in the bundle
+            // (see create), so its known entries go with plain rmdir/unlink, which never touch
+            // what might be mounted. Anything left over (a mount someone else made, unknown
+            // files) takes the scanning path.
+            let _ = std::fs::remove_file(self.bundle.join("config.json"));
+            let _ = std::fs::remove_file(self.bundle.join("exec.fifo"));
+            let fast = std::fs::remove_dir(&rootfs)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })
+                .and_then(|_| std::fs::remove_dir(&self.bundle));
+            match fast {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(_) => crate::fsutil::unmount_all_under(&self.bundle)
+                    .map_err(|e| other(format!("cannot unmount the rootfs of {}: {e}", self.id)))
+                    .and_then(|_| std::fs::remove_dir_all(&self.bundle).map_err(other))
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            }
         } else {
+            crate::fsutil::unmount_all_under(&rootfs)
+                .map_err(|e| other(format!("cannot unmount the rootfs of {}: {e}", self.id)))?;
             let _ = std::fs::remove_file(self.bundle.join("config.json"));
             let _ = std::fs::remove_dir(self.bundle.join("rootfs"));
             std::fs::remove_file(self.bundle.join("exec.fifo"))

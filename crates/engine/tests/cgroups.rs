@@ -483,6 +483,58 @@ fn v1_oom_event_is_reported() {
 }
 
 #[test]
+fn v1_oom_monitor_reports_the_right_cgroup_on_one_thread() {
+    if !v1_available() {
+        return;
+    }
+    let cfg = v1_cfg();
+    let mut g = Guard::default();
+    let res = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(10 * MIB)
+                .swap(10 * MIB)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let quiet = Cgroup::create(&cfg, &unique(), Some(&res)).unwrap();
+    let hog = Cgroup::create(&cfg, &unique(), Some(&res)).unwrap();
+    g.cgroups.push(quiet.clone());
+    g.cgroups.push(hog.clone());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let tx = std::sync::Mutex::new(tx);
+    let monitor = engine::cgroups::OomMonitor::new(move |key: &str| {
+        let _ = tx.lock().unwrap().send(key.to_string());
+    })
+    .unwrap();
+    let t_quiet = monitor
+        .register("quiet", quiet.oom_watcher().unwrap())
+        .unwrap();
+    monitor.register("hog", hog.oom_watcher().unwrap()).unwrap();
+    assert_eq!(monitor.len(), 2);
+    g.children.push(gated_sh("exec tail /dev/zero"));
+    hog.add_pid(g.children[0].id() as i32).unwrap();
+    release(&mut g.children[0]);
+    g.children[0].wait().unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "hog");
+    // Unregistering never waits; the other registration stays.
+    monitor.unregister(t_quiet);
+    assert_eq!(monitor.len(), 1);
+    // A removed cgroup drops out by itself.
+    hog.destroy().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !monitor.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the removed cgroup stayed registered"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
 fn v1_oom_watcher_ends_when_cgroup_is_removed() {
     if !v1_available() {
         return;

@@ -635,6 +635,7 @@ fn toml_every_key() {
         debug_console_addr: None,
         trace_addr: None,
         mem_agent: Default::default(),
+        passfd_addr: None,
     };
     assert_eq!(c, expected);
 }

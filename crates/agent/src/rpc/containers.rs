@@ -38,6 +38,9 @@ pub async fn create_container(agent: &Arc<Agent>, req: CreateContainerRequest) -
         agent.config.visible_cdi_devices,
     )
     .await?;
+    // Pass-fd streams: a stream that never arrives fails the request before anything exists.
+    let streams =
+        crate::passfd::take_streams(req.stdin_port, req.stdout_port, req.stderr_port).await?;
     // The id is reserved before anything else is awaited; the work and its rollback run in a task
     // of their own, which this request only awaits. If the request goes away first (timeout_nano,
     // closed connection), `abandon` cancels the work, which then rolls back; see lifecycle.rs.
@@ -48,7 +51,8 @@ pub async fn create_container(agent: &Arc<Agent>, req: CreateContainerRequest) -
         handle: Some(reservation.abandon_handle()),
     };
     let task_agent = agent.clone();
-    let task = tokio::spawn(async move { create_task(task_agent, req, spec, reservation).await });
+    let task =
+        tokio::spawn(async move { create_task(task_agent, req, spec, streams, reservation).await });
     let result = task
         .await
         .map_err(|e| AgentError::internal(format!("container creation task failed: {e}")));
@@ -63,6 +67,7 @@ async fn create_task(
     agent: Arc<Agent>,
     req: CreateContainerRequest,
     mut spec: oci_spec::runtime::Spec,
+    streams: crate::passfd::Streams,
     reservation: Reservation,
 ) -> Result<()> {
     // Devices and storages (storage.rs): everything is checked before anything is waited for or
@@ -84,6 +89,9 @@ async fn create_task(
         super::storage::rollback_container(&agent, &req.container_id, &added).await;
         return Err(e);
     }
+    agent
+        .containers
+        .attach_streams(&req.container_id, "", streams)?;
     // Kept for ExecProcess; forgotten by RemoveContainer.
     agent.devices.pci_maps().set(&req.container_id, pcimap);
     if !req.shared_mounts.is_empty() {
@@ -163,10 +171,15 @@ pub async fn exec_process(agent: &Agent, req: ExecProcessRequest) -> Result<Empt
     if let Some(map) = agent.devices.pci_maps().get(&req.container_id) {
         device::container::rewrite_process_env(&mut process, &map);
     }
+    let streams =
+        crate::passfd::take_streams(req.stdin_port, req.stdout_port, req.stderr_port).await?;
     agent
         .containers
         .exec(agent, &req.container_id, &req.exec_id, process)
         .await?;
+    agent
+        .containers
+        .attach_streams(&req.container_id, &req.exec_id, streams)?;
     Ok(Empty::new())
 }
 

@@ -14,7 +14,7 @@ mod stats;
 mod v1;
 mod v2;
 
-pub use oom::OomWatcher;
+pub use oom::{Check as OomCheck, OomMonitor, OomToken, OomWatcher};
 pub use stats::{
     BlkioStats, BlkioStatsEntry, CpuStats, CpuUsage, HugetlbStats, MemoryData, MemoryStats,
     PidsStats, Stats, ThrottlingData,
@@ -379,6 +379,72 @@ impl Cgroup {
         }
     }
 
+    /// Whether any process is left in the cgroup or its descendants. On v2 this is the
+    /// `populated` flag of `cgroup.events` (one small read); on v1 the process lists.
+    pub fn is_populated(&self) -> Result<bool> {
+        match &self.layout {
+            Layout::V2(root) => {
+                let events = match read_string(&root.join(&self.rel).join("cgroup.events")) {
+                    Ok(s) => s,
+                    Err(_) if !root.join(&self.rel).exists() => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                Ok(flat_keyed(&events).get("populated").copied() != Some(0))
+            }
+            Layout::V1(_) => Ok(!self.pids()?.is_empty()),
+        }
+    }
+
+    /// Waits at most `timeout` for the cgroup to become empty: on v2 with poll(2) on
+    /// `cgroup.events` (the kernel notifies changes of `populated`), on v1 by re-reading the
+    /// process list with a short backoff. Returns whether it is empty.
+    pub fn wait_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let events_file = self.v2_dir().map(|d| d.join("cgroup.events"));
+        let events = events_file.as_ref().and_then(|f| fs::File::open(f).ok());
+        let mut delay = Duration::from_micros(100);
+        loop {
+            if let Some(f) = &events {
+                // Reading through the open file also re-arms its notification.
+                use std::io::{Read, Seek};
+                let mut buf = String::new();
+                let mut f = f;
+                if f.seek(std::io::SeekFrom::Start(0)).is_ok() && f.read_to_string(&mut buf).is_ok()
+                {
+                    if flat_keyed(&buf).get("populated").copied() == Some(0) {
+                        return true;
+                    }
+                } else if !self.is_populated().unwrap_or(false) {
+                    return true;
+                }
+            } else if !self.is_populated().unwrap_or(false) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let left = deadline - now;
+            match &events {
+                Some(f) => {
+                    use std::os::fd::AsRawFd;
+                    let mut pfd = libc::pollfd {
+                        fd: f.as_raw_fd(),
+                        events: libc::POLLPRI,
+                        revents: 0,
+                    };
+                    let ms = left.as_millis().clamp(1, 100) as i32;
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut pfd, 1, ms) };
+                }
+                None => {
+                    std::thread::sleep(delay.min(left));
+                    delay = (delay * 2).min(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
     /// Every process in the cgroup and its descendants, sorted, without duplicates.
     pub fn pids(&self) -> Result<Vec<i32>> {
         let dir = match &self.layout {
@@ -560,6 +626,12 @@ fn remove_dir_retry(dir: &Path) -> Result<()> {
 
 /// Removes `dir` and every sub-cgroup below it, deepest first.
 fn remove_tree(dir: &Path) -> Result<()> {
+    // Common case first: a leaf cgroup whose processes are gone goes with one rmdir.
+    match fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     match fs::read_dir(dir) {
         Ok(entries) => {
             for entry in entries.flatten() {

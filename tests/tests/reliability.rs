@@ -451,16 +451,17 @@ fn holdings(pid: u32) -> Holdings {
 async fn assert_back_to(pid: u32, base: &Holdings, what: &str) {
     settles(30, || {
         let now = holdings(pid);
-        now.fds.len() == base.fds.len()
+        now.fds.len() <= base.fds.len()
             && now.threads <= base.threads
             && now.children == base.children
     })
     .await;
     let now = holdings(pid);
     let (b, a): (HashSet<_>, HashSet<_>) = (base.fds.iter().collect(), now.fds.iter().collect());
-    assert_eq!(
-        now.fds.len(),
-        base.fds.len(),
+    // Fewer is fine: a container's pinned namespaces are closed off the RemoveContainer path,
+    // so a baseline taken right after a removal may still count them.
+    assert!(
+        now.fds.len() <= base.fds.len() && a.difference(&b).next().is_none(),
         "{what}: descriptor leak; new: {:?}, gone: {:?}",
         a.difference(&b).collect::<Vec<_>>(),
         b.difference(&a).collect::<Vec<_>>()

@@ -121,6 +121,10 @@ impl ProcessEntry {
                 slot.take();
             }
         }
+        // A terminal's master goes with its output: nothing reads or resizes it any more.
+        if self.stdout.lock().unwrap().is_none() && self.stderr.lock().unwrap().is_none() {
+            self.pty.lock().unwrap().take();
+        }
     }
 
     /// Whether the process has exited, holds no stream any more and every end of stream was

@@ -106,6 +106,8 @@ pub struct AgentConfig {
     pub debug_console_addr: Option<String>,
     /// Trace export address (`KATA_AGENT_TRACE_ADDR`); replaces `vsock://2:10240`.
     pub trace_addr: Option<String>,
+    /// Rego policy file loaded at start-up (`policy_file`, `KATA_AGENT_POLICY_FILE`).
+    pub policy_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -138,6 +140,7 @@ impl Default for AgentConfig {
             log_addr: None,
             debug_console_addr: None,
             trace_addr: None,
+            policy_file: None,
         }
     }
 }
@@ -372,6 +375,7 @@ impl Builder {
                 "cgroup_root" => cfg.cgroup_root = toml_path(k, value)?,
                 "console_path" => cfg.console_path = toml_path(k, value)?,
                 "dev_root" => cfg.dev_root = toml_path(k, value)?,
+                "policy_file" => cfg.policy_file = Some(toml_path(k, value)?),
                 _ => {}
             }
         }
@@ -404,6 +408,12 @@ impl Builder {
                 ));
                 false
             });
+        }
+        if let Some(file) = env("KATA_AGENT_POLICY_FILE").filter(|v| !v.is_empty()) {
+            if !file.starts_with('/') {
+                bail!("environment variable KATA_AGENT_POLICY_FILE must be an absolute path, got {file:?}");
+            }
+            self.cfg.policy_file = Some(PathBuf::from(file));
         }
         let cfg = &mut self.cfg;
         let overrides: [(&str, &mut PathBuf, Option<&mut bool>); 7] = [
@@ -1408,6 +1418,7 @@ mod tests {
             log_addr: None,
             debug_console_addr: None,
             trace_addr: None,
+            policy_file: None,
         };
         assert_eq!(c, expected);
     }

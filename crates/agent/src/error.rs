@@ -100,6 +100,18 @@ impl From<std::io::Error> for AgentError {
     }
 }
 
+impl From<crate::policy::PolicyError> for AgentError {
+    fn from(err: crate::policy::PolicyError) -> Self {
+        use crate::policy::PolicyError as P;
+        let code = match err {
+            P::Denied(_) => Code::PERMISSION_DENIED,
+            P::Invalid(_) => Code::INVALID_ARGUMENT,
+            P::Internal(_) => Code::INTERNAL,
+        };
+        AgentError::new(code, err.to_string())
+    }
+}
+
 fn engine_code(err: &engine::Error) -> Code {
     match err {
         engine::Error::InvalidArgument(_) => Code::INVALID_ARGUMENT,

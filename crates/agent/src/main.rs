@@ -17,6 +17,7 @@ mod metrics;
 mod namespaces;
 mod network;
 mod oci;
+mod policy;
 mod rpc;
 mod sandbox;
 mod server;
@@ -47,6 +48,7 @@ Environment:
                            log stream, debug console and trace export addresses (unix:///path or
                            vsock://CID:PORT) instead of the vsock ports; see docs/observability.md
   KATA_AGENT_RUN_DIR       where container bundles and sandbox state live (default /run/kata-containers)
+  KATA_AGENT_POLICY_FILE   Rego policy deciding every request (see docs/policy.md)
 See docs/configuration.md for every option.
 ";
 
@@ -138,6 +140,13 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
             warn!(error = %e, "cannot enable core dumps for devmode");
         }
     }
+    // The policy is in force before the first request can arrive; one that does not load stops
+    // the agent.
+    policy::install(policy::load_startup(
+        cfg.policy_file.as_deref(),
+        std::path::Path::new(policy::DEFAULT_POLICY_FILE),
+    )?);
+    policy::gate().announce();
     init::set_subreaper()?;
     engine::reaper::start();
 

@@ -44,6 +44,24 @@ pub fn services(agent: Arc<Agent>) -> Vec<HashMap<String, ttrpc::r#async::Servic
 /// Result type of the handlers.
 type Reply<T> = ttrpc::Result<T>;
 
+/// The policy gate, the one place AgentService requests are decided: `data.agent_policy.<request
+/// message name>` with the request as input (`ReadStreamRequest` for ReadStdout and ReadStderr,
+/// `MemAgentMemcgConfig`/`MemAgentCompactConfig` for the mem-agent methods). Runs before the
+/// handler does anything; a denied request has no effect. grpc.Health is never gated.
+fn allowed<M: protobuf::MessageFull>(req: &M) -> Result<(), AgentError> {
+    crate::policy::gate().check(req).map_err(AgentError::from)
+}
+
+/// `policed!(req, handler future)`: decides `req`, then runs the handler.
+macro_rules! policed {
+    ($req:ident, $fut:expr) => {
+        async {
+            allowed(&$req)?;
+            $fut.await
+        }
+    };
+}
+
 fn unimplemented<T>(method: &str) -> Reply<T> {
     Err(AgentError::not_implemented_yet(method).into_ttrpc())
 }
@@ -63,7 +81,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "create_container",
             req,
-            containers::create_container(&self.agent, req)
+            policed!(req, containers::create_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -77,7 +95,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "start_container",
             req,
-            containers::start_container(&self.agent, req)
+            policed!(req, containers::start_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -91,7 +109,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "remove_container",
             req,
-            containers::remove_container(&self.agent, req)
+            policed!(req, containers::remove_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -105,7 +123,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "exec_process",
             req,
-            containers::exec_process(&self.agent, req)
+            policed!(req, containers::exec_process(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -119,7 +137,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "signal_process",
             req,
-            containers::signal_process(&self.agent, req)
+            policed!(req, containers::signal_process(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -133,7 +151,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "wait_process",
             req,
-            containers::wait_process(&self.agent, req)
+            policed!(req, containers::wait_process(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -147,7 +165,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "update_container",
             req,
-            containers::update_container(&self.agent, req)
+            policed!(req, containers::update_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -161,7 +179,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "update_mounts",
             req,
-            storage::update_ephemeral_mounts(&self.agent, req)
+            policed!(req, storage::update_ephemeral_mounts(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -175,7 +193,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "stats_container",
             req,
-            containers::stats_container(&self.agent, req)
+            policed!(req, containers::stats_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -189,7 +207,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "pause_container",
             req,
-            containers::pause_container(&self.agent, req)
+            policed!(req, containers::pause_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -203,7 +221,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "resume_container",
             req,
-            containers::resume_container(&self.agent, req)
+            policed!(req, containers::resume_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -217,7 +235,10 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "remove_stale_virtiofs_share_mounts",
             req,
-            guest::remove_stale_virtiofs_share_mounts(&self.agent, req)
+            policed!(
+                req,
+                guest::remove_stale_virtiofs_share_mounts(&self.agent, req)
+            )
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -231,7 +252,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "get_diagnostic_data",
             req,
-            containers::get_diagnostic_data(&self.agent, req)
+            policed!(req, containers::get_diagnostic_data(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -241,7 +262,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::WriteStreamRequest,
     ) -> Reply<agent::WriteStreamResponse> {
-        io::write_stdin(&self.agent, req)
+        policed!(req, io::write_stdin(&self.agent, req))
             .await
             .map_err(AgentError::into_ttrpc)
     }
@@ -251,7 +272,8 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> Reply<agent::ReadStreamResponse> {
-        io::read_stdout(&self.agent, req)
+        // Decided before anything is read: a denied read consumes no output.
+        policed!(req, io::read_stdout(&self.agent, req))
             .await
             .map_err(AgentError::into_ttrpc)
     }
@@ -261,14 +283,19 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> Reply<agent::ReadStreamResponse> {
-        io::read_stderr(&self.agent, req)
+        policed!(req, io::read_stderr(&self.agent, req))
             .await
             .map_err(AgentError::into_ttrpc)
     }
 
     async fn close_stdin(&self, ctx: &TtrpcContext, req: agent::CloseStdinRequest) -> Reply<Empty> {
-        crate::traced_rpc!(ctx, "close_stdin", req, io::close_stdin(&self.agent, req))
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "close_stdin",
+            req,
+            policed!(req, io::close_stdin(&self.agent, req))
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn tty_win_resize(
@@ -280,7 +307,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "tty_win_resize",
             req,
-            io::tty_win_resize(&self.agent, req)
+            policed!(req, io::tty_win_resize(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -294,7 +321,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "update_interface",
             req,
-            network::update_interface(&self.agent, req)
+            policed!(req, network::update_interface(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -308,7 +335,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "update_routes",
             req,
-            network::update_routes(&self.agent, req)
+            policed!(req, network::update_routes(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -322,7 +349,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "list_interfaces",
             req,
-            network::list_interfaces(&self.agent, req)
+            policed!(req, network::list_interfaces(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -336,7 +363,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "list_routes",
             req,
-            network::list_routes(&self.agent, req)
+            policed!(req, network::list_routes(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -350,7 +377,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "add_arp_neighbors",
             req,
-            network::add_arp_neighbors(&self.agent, req)
+            policed!(req, network::add_arp_neighbors(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -364,7 +391,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "get_iptables",
             req,
-            network::get_ip_tables(&self.agent, req)
+            policed!(req, network::get_ip_tables(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -378,7 +405,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "set_iptables",
             req,
-            network::set_ip_tables(&self.agent, req)
+            policed!(req, network::set_ip_tables(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -392,7 +419,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "get_metrics",
             req,
-            metrics::get_metrics(&self.agent, req)
+            policed!(req, metrics::get_metrics(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -400,16 +427,18 @@ impl agent_ttrpc::AgentService for AgentRpc {
     async fn mem_agent_memcg_set(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::MemAgentMemcgConfig,
+        req: agent::MemAgentMemcgConfig,
     ) -> Reply<Empty> {
+        allowed(&req).map_err(AgentError::into_ttrpc)?;
         unimplemented("MemAgentMemcgSet")
     }
 
     async fn mem_agent_compact_set(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::MemAgentCompactConfig,
+        req: agent::MemAgentCompactConfig,
     ) -> Reply<Empty> {
+        allowed(&req).map_err(AgentError::into_ttrpc)?;
         unimplemented("MemAgentCompactSet")
     }
 
@@ -422,7 +451,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "create_sandbox",
             req,
-            sandbox::create_sandbox(&self.agent, req)
+            policed!(req, sandbox::create_sandbox(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -436,7 +465,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "destroy_sandbox",
             req,
-            sandbox::destroy_sandbox(&self.agent, req)
+            policed!(req, sandbox::destroy_sandbox(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -450,7 +479,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "online_cpu_mem",
             req,
-            storage::online_cpu_mem(&self.agent, req)
+            policed!(req, storage::online_cpu_mem(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -464,7 +493,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "reseed_random_dev",
             req,
-            guest::reseed_random_dev(&self.agent, req)
+            policed!(req, guest::reseed_random_dev(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -478,7 +507,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "get_guest_details",
             req,
-            guest::get_guest_details(&self.agent, req)
+            policed!(req, guest::get_guest_details(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -492,7 +521,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "mem_hotplug_by_probe",
             req,
-            storage::mem_hotplug_by_probe(&self.agent, req)
+            policed!(req, storage::mem_hotplug_by_probe(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -506,14 +535,20 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "set_guest_date_time",
             req,
-            guest::set_guest_date_time(&self.agent, req)
+            policed!(req, guest::set_guest_date_time(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
 
     async fn copy_file(&self, ctx: &TtrpcContext, req: agent::CopyFileRequest) -> Reply<Empty> {
-        crate::traced_rpc!(ctx, "copy_file", req, storage::copy_file(&self.agent, req))
-            .map_err(AgentError::into_ttrpc)
+        // CopyFile is decided on its prepared form (file type, symlink target; never the data).
+        crate::traced_rpc!(ctx, "copy_file", req, async {
+            crate::policy::gate()
+                .check_copy_file(&req)
+                .map_err(AgentError::from)?;
+            storage::copy_file(&self.agent, req).await
+        })
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn get_oom_event(
@@ -521,14 +556,19 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::GetOOMEventRequest,
     ) -> Reply<agent::OOMEvent> {
-        containers::get_oom_event(&self.agent, req)
+        policed!(req, containers::get_oom_event(&self.agent, req))
             .await
             .map_err(AgentError::into_ttrpc)
     }
 
     async fn add_swap(&self, ctx: &TtrpcContext, req: agent::AddSwapRequest) -> Reply<Empty> {
-        crate::traced_rpc!(ctx, "add_swap", req, storage::add_swap(&self.agent, req))
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "add_swap",
+            req,
+            policed!(req, storage::add_swap(&self.agent, req))
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn add_swap_path(
@@ -540,7 +580,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "add_swap_path",
             req,
-            storage::add_swap_path(&self.agent, req)
+            policed!(req, storage::add_swap_path(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -554,7 +594,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "get_volume_stats",
             req,
-            storage::get_volume_stats(&self.agent, req)
+            policed!(req, storage::get_volume_stats(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -568,12 +608,20 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "resize_volume",
             req,
-            storage::resize_volume(&self.agent, req)
+            policed!(req, storage::resize_volume(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
 
     async fn set_policy(&self, ctx: &TtrpcContext, req: agent::SetPolicyRequest) -> Reply<Empty> {
-        crate::traced_rpc!(ctx, "set_policy", req, async { unimplemented("SetPolicy") })
+        // Decided by the policy in force (`SetPolicyRequest`) inside the gate itself.
+        crate::traced_rpc!(ctx, "set_policy", req, async {
+            crate::policy::gate()
+                .set_policy(req)
+                .await
+                .map_err(AgentError::from)?;
+            Ok(Empty::new())
+        })
+        .map_err(AgentError::into_ttrpc)
     }
 }

@@ -66,7 +66,7 @@ static GATE: OnceLock<PolicyGate> = OnceLock::new();
 
 /// The process' gate (allow-all until [`install`] runs).
 pub fn gate() -> &'static PolicyGate {
-    GATE.get_or_init(PolicyGate::default)
+    GATE.get_or_init(|| PolicyGate::new(None))
 }
 
 /// Makes `policy` the process' policy (start-up).

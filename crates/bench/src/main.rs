@@ -11,6 +11,8 @@
 //! Latencies are reported as median / p90 / min over the iterations; the machines are noisy, so
 //! compare medians.
 
+mod policy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,11 +29,13 @@ struct Options {
     iterations: usize,
     containers: usize,
     throughput_mib: usize,
+    /// `--policy`: only the agent policy figures (see policy.rs).
+    policy: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--agent PATH] [--rootfs DIR] [--iterations N] [--containers N] [--mib N]\n\
+        "usage: bench [--agent PATH] [--rootfs DIR] [--iterations N] [--containers N] [--mib N] [--policy]\n\
          defaults: target/release/kata-agent, build/rootfs, 20 iterations, 20 containers, 256 MiB"
     );
     std::process::exit(2)
@@ -45,6 +49,7 @@ fn parse_options() -> Options {
         iterations: 20,
         containers: 20,
         throughput_mib: 256,
+        policy: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -55,6 +60,7 @@ fn parse_options() -> Options {
             "--iterations" => o.iterations = value().parse().unwrap_or_else(|_| usage()),
             "--containers" => o.containers = value().parse().unwrap_or_else(|_| usage()),
             "--mib" => o.throughput_mib = value().parse().unwrap_or_else(|_| usage()),
+            "--policy" => o.policy = true,
             _ => usage(),
         }
     }
@@ -492,6 +498,9 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if o.policy {
+        return rt.block_on(policy::bench_policy(&o));
+    }
     rt.block_on(async {
         bench_startup(&o).await?;
         bench_containers(&o).await

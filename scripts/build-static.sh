@@ -12,7 +12,7 @@ fi
 export LIBSECCOMP_LINK_TYPE=static
 export LIBSECCOMP_LIB_PATH=${LIBSECCOMP_LIB_PATH:-/usr/lib/x86_64-linux-gnu}
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --target "$target" -p kata-agent
+    cargo build --release --target "$target" -p kata-agent --features agent-policy
 mkdir -p target/release
 cp "target/$target/release/kata-agent" target/release/kata-agent
 if file target/release/kata-agent 2>/dev/null | grep -q "dynamically linked"; then

@@ -17,4 +17,4 @@ scripts/build-static.sh
 ./target/release/kata-agent --version
 
 echo "== cargo test"
-cargo test --workspace --no-fail-fast "$@"
+cargo test --workspace --no-fail-fast --features kata-agent/agent-policy "$@"

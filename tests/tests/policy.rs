@@ -187,7 +187,8 @@ impl Fx {
     /// Removes the containers (under an allow-all policy) and checks nothing is left.
     async fn finish(self) {
         self.set_policy(&fixture("allow-all.rego")).await.unwrap();
-        for cid in self.cids.lock().unwrap().clone() {
+        let cids = self.cids.lock().unwrap().clone();
+        for cid in cids {
             let mut req = agent::RemoveContainerRequest::new();
             req.container_id = cid.clone();
             self.c

@@ -107,6 +107,7 @@ impl From<crate::policy::PolicyError> for AgentError {
             P::Denied(_) => Code::PERMISSION_DENIED,
             P::Invalid(_) => Code::INVALID_ARGUMENT,
             P::Internal(_) => Code::INTERNAL,
+            P::Unsupported(_) => Code::UNIMPLEMENTED,
         };
         AgentError::new(code, err.to_string())
     }

@@ -142,11 +142,10 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
     }
     // The policy is in force before the first request can arrive; one that does not load stops
     // the agent.
-    policy::install(policy::load_startup(
+    policy::startup(
         cfg.policy_file.as_deref(),
         std::path::Path::new(policy::DEFAULT_POLICY_FILE),
-    )?);
-    policy::gate().announce();
+    )?;
     init::set_subreaper()?;
     engine::reaper::start();
 

@@ -30,41 +30,40 @@ struct ObjectResult {
     ops: Option<json_patch::Patch>,
 }
 
-/// Interprets the results of `data.agent_policy.<name>`.
+/// The one value of a query's results; `Undefined` when the query has none.
+pub fn single_value(results: &QueryResults) -> anyhow::Result<Value> {
+    match results.result.as_slice() {
+        [] => Ok(Value::Undefined),
+        [one] => match one.expressions.as_slice() {
+            [expr] => Ok(expr.value.clone()),
+            _ => anyhow::bail!("policy check: unexpected result expressions {results:?}"),
+        },
+        _ => anyhow::bail!(
+            "policy check: unexpected result count {}",
+            results.result.len()
+        ),
+    }
+}
+
+/// Interprets the value of `data.agent_policy.<name>` (`Undefined`: the rule is undefined).
 pub fn interpret(
-    results: &QueryResults,
+    value: &Value,
     prints: String,
     allow_failures: bool,
 ) -> Result<Outcome, PolicyError> {
-    let value = match results.result.as_slice() {
-        [one] => match one.expressions.as_slice() {
-            [expr] => &expr.value,
-            _ => {
-                return Err(PolicyError::Internal(format!(
-                    "policy check: unexpected result expressions {results:?}"
-                )))
-            }
-        },
-        [] if allow_failures => {
+    if *value == Value::Undefined {
+        if allow_failures {
             return Ok(Outcome {
                 allowed: true,
                 prints,
                 ops: None,
                 overridden: true,
-            })
+            });
         }
-        [] => {
-            return Err(PolicyError::Internal(
-                "policy check: the rule is undefined in the policy".to_string(),
-            ))
-        }
-        _ => {
-            return Err(PolicyError::Internal(format!(
-                "policy check: unexpected result count {}",
-                results.result.len()
-            )))
-        }
-    };
+        return Err(PolicyError::Internal(
+            "policy check: the rule is undefined in the policy".to_string(),
+        ));
+    }
     let (allowed, ops) = match value {
         Value::Bool(b) => (*b, None),
         Value::Object(_) => {

@@ -99,10 +99,22 @@ impl LoadedPolicy {
     pub fn evaluate(&self, name: &str, input: Value) -> Result<Outcome, PolicyError> {
         let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         engine.set_input(input);
-        let result = engine.eval_query(format!("data.{PACKAGE}.{name}"), false);
+        let path = format!("data.{PACKAGE}.{name}");
+        // Evaluating the rule directly skips parsing a query and walking every rule's path; a rule
+        // the policy does not define is an error there, so fall back to the query, which tells
+        // "undefined" apart from a failure the way upstream reads it.
+        let value = match engine.eval_rule(path.clone()) {
+            Ok(v) => Ok(v),
+            Err(_) => {
+                let _ = engine.take_prints();
+                engine
+                    .eval_query(path, false)
+                    .and_then(|r| decision::single_value(&r))
+            }
+        };
         let prints = engine.take_prints().unwrap_or_default().join(" ");
-        let results = result.map_err(|e| PolicyError::Internal(e.to_string()))?;
-        let mut outcome = decision::interpret(&results, prints, self.allow_failures)?;
+        let value = value.map_err(|e| PolicyError::Internal(e.to_string()))?;
+        let mut outcome = decision::interpret(&value, prints, self.allow_failures)?;
         if let Some(ops) = outcome.ops.take() {
             if outcome.allowed && !ops.0.is_empty() {
                 apply_ops(&mut engine, &ops)?;

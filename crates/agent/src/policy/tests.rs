@@ -1,5 +1,8 @@
-use super::*;
+use super::engine::LoadedPolicy;
+use super::gate::{load_startup, PolicyGate};
+use super::PolicyError;
 use protobuf::MessageDyn;
+use protocols::agent::CopyFileRequest;
 use protocols::agent::{
     CreateContainerRequest, DestroySandboxRequest, ExecProcessRequest, GuestDetailsRequest,
     ReadStreamRequest, RemoveContainerRequest, SetPolicyRequest, VolumeStatsRequest,

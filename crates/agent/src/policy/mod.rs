@@ -6,8 +6,11 @@
 //!
 //! Each AgentService request is decided as `data.agent_policy.<request message name>` with the
 //! request as `input` (see [`input`]); [`decision`] reads the result and [`engine`] holds a loaded
-//! policy and its state. The gate itself is [`PolicyGate`]: the rpc layer calls it once per
-//! request, before any work.
+//! policy and its state. The gate itself is `gate::PolicyGate` ([`gate()`]): the rpc layer calls it
+//! once per request, before any work.
+//!
+//! All of this is the `agent-policy` cargo feature; without it `disabled.rs` stands in (every
+//! request allowed, SetPolicy UNIMPLEMENTED, a configured policy refused at start-up).
 //!
 //! Concurrency: the current policy is an `Arc` swapped whole under a short lock; a decision holds
 //! only its policy's engine lock, for the evaluation and the state update it carries. SetPolicy

@@ -14,7 +14,7 @@ export LIBSECCOMP_LIB_PATH=${LIBSECCOMP_LIB_PATH:-/usr/lib/x86_64-linux-gnu}
 # Non-PIE: a static-pie binary relocates itself at every start (the agent re-executes itself for
 # every container process), dirtying its relocated data pages; a fixed-address one does not.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C relocation-model=static" \
-    cargo build --release --target "$target" -p kata-agent
+    cargo build --release --target "$target" -p kata-agent --features agent-policy
 mkdir -p target/release
 cp "target/$target/release/kata-agent" target/release/kata-agent
 if file target/release/kata-agent 2>/dev/null | grep -q "dynamically linked"; then

@@ -17,7 +17,7 @@ scripts/build-static.sh
 ./target/release/kata-agent --version
 
 echo "== cargo test"
-cargo test --workspace --no-fail-fast "$@"
+cargo test --workspace --no-fail-fast --features kata-agent/agent-policy "$@"
 
 echo "== soak (small): execs and container cycles leave the agent's resources at their baseline"
 cargo run -q -p bench -- soak --agent target/release/kata-agent --rootfs "$KATA_TEST_ROOTFS" --execs 500 --cycles 100

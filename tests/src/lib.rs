@@ -34,6 +34,7 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
             .args(["build", "-q", "-p", "kata-agent", "-p", "kata-agent-ctl"])
+            .args(["--features", "kata-agent/agent-policy"])
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build");

@@ -80,18 +80,18 @@ fn guest_details_report_the_agent() {
 }
 
 #[test]
-fn unbuilt_methods_answer_unimplemented() {
+fn set_policy_is_built_and_refuses_empty_text() {
     let agent = TestAgent::start();
     rt().block_on(async {
         let (client, _) = agent.clients().await;
-        // The policy methods are outside what we build (the memory agent: tests/tests/mem_agent.rs).
+        // Every method is built: the memory agent (tests/tests/mem_agent.rs) and SetPolicy.
         let (code, msg) = code_of(
             client
                 .set_policy(ctx(), &agent::SetPolicyRequest::new())
                 .await,
         );
-        assert_eq!(code, ttrpc::Code::UNIMPLEMENTED);
-        assert_eq!(msg, "SetPolicy is not implemented yet");
+        // SetPolicy is built (docs/policy.md, tests/tests/policy.rs): empty text does not parse.
+        assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
     });
 }
 

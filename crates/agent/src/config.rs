@@ -118,6 +118,8 @@ pub struct AgentConfig {
     /// Pass-fd stdio listener address (`KATA_AGENT_PASSFD_ADDR`); replaces
     /// `vsock://-1:<passfd_listener_port>`.
     pub passfd_addr: Option<String>,
+    /// Rego policy file loaded at start-up (`policy_file`, `KATA_AGENT_POLICY_FILE`).
+    pub policy_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -153,6 +155,7 @@ impl Default for AgentConfig {
             trace_addr: None,
             mem_agent: Default::default(),
             passfd_addr: None,
+            policy_file: None,
         }
     }
 }
@@ -396,6 +399,7 @@ impl Builder {
                 "console_path" => cfg.console_path = toml_path(k, value)?,
                 "dev_root" => cfg.dev_root = toml_path(k, value)?,
                 _ if k.starts_with("mem_agent_") => cfg.mem_agent.apply_toml(k, value)?,
+                "policy_file" => cfg.policy_file = Some(toml_path(k, value)?),
                 _ => {}
             }
         }
@@ -439,6 +443,12 @@ impl Builder {
                 );
             }
             self.cfg.cdi_spec_dirs = dirs;
+        }
+        if let Some(file) = env("KATA_AGENT_POLICY_FILE").filter(|v| !v.is_empty()) {
+            if !file.starts_with('/') {
+                bail!("environment variable KATA_AGENT_POLICY_FILE must be an absolute path, got {file:?}");
+            }
+            self.cfg.policy_file = Some(PathBuf::from(file));
         }
         let cfg = &mut self.cfg;
         let overrides: [(&str, &mut PathBuf, Option<&mut bool>); 7] = [

@@ -59,11 +59,6 @@ impl AgentError {
         Self::new(Code::INTERNAL, message)
     }
 
-    /// The status a method whose capability is not built yet answers with.
-    pub fn not_implemented_yet(method: &str) -> Self {
-        Self::unimplemented(format!("{method} is not implemented yet"))
-    }
-
     /// Converts into the error type the generated ttRPC service traits return.
     pub fn into_ttrpc(self) -> ttrpc::Error {
         ttrpc::Error::RpcStatus(ttrpc::get_status(self.code, self.message))
@@ -101,6 +96,19 @@ impl From<engine::Error> for AgentError {
 impl From<std::io::Error> for AgentError {
     fn from(err: std::io::Error) -> Self {
         AgentError::internal(err.to_string())
+    }
+}
+
+impl From<crate::policy::PolicyError> for AgentError {
+    fn from(err: crate::policy::PolicyError) -> Self {
+        use crate::policy::PolicyError as P;
+        let code = match err {
+            P::Denied(_) => Code::PERMISSION_DENIED,
+            P::Invalid(_) => Code::INVALID_ARGUMENT,
+            P::Internal(_) => Code::INTERNAL,
+            P::Unsupported(_) => Code::UNIMPLEMENTED,
+        };
+        AgentError::new(code, err.to_string())
     }
 }
 
@@ -156,12 +164,5 @@ mod tests {
         let agent: AgentError = err.into();
         assert_eq!(agent.code, Code::INTERNAL);
         assert!(agent.message.starts_with("cannot read the file: "));
-    }
-
-    #[test]
-    fn unimplemented_message() {
-        let e = AgentError::not_implemented_yet("AddSwap");
-        assert_eq!(e.code, Code::UNIMPLEMENTED);
-        assert_eq!(e.message, "AddSwap is not implemented yet");
     }
 }

@@ -21,6 +21,7 @@ mod namespaces;
 mod network;
 mod oci;
 mod passfd;
+mod policy;
 mod rpc;
 mod sandbox;
 mod server;
@@ -52,6 +53,7 @@ Environment:
                            log stream, debug console and trace export addresses (unix:///path or
                            vsock://CID:PORT) instead of the vsock ports; see docs/observability.md
   KATA_AGENT_RUN_DIR       where container bundles and sandbox state live (default /run/kata-containers)
+  KATA_AGENT_POLICY_FILE   Rego policy deciding every request (see docs/policy.md)
 See docs/configuration.md for every option.
 ";
 
@@ -150,6 +152,12 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
             warn!(error = %e, "cannot enable core dumps for devmode");
         }
     }
+    // The policy is in force before the first request can arrive; one that does not load stops
+    // the agent.
+    policy::startup(
+        cfg.policy_file.as_deref(),
+        std::path::Path::new(policy::DEFAULT_POLICY_FILE),
+    )?;
     init::set_subreaper()?;
     engine::reaper::start();
 

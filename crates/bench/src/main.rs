@@ -16,6 +16,7 @@
 mod agent;
 mod lifecycle;
 mod ops;
+mod policy;
 mod soak;
 mod stdio;
 
@@ -37,11 +38,13 @@ pub struct Options {
     pub throughput_mib: usize,
     /// Throughput runs (the median is reported).
     pub runs: usize,
+    /// `--policy`: only the agent policy figures (see policy.rs).
+    pub policy: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [--agent PATH] [--rootfs DIR] [--iterations N] [--containers N] [--mib N] [--runs N]\n\
+        "usage: bench [--agent PATH] [--rootfs DIR] [--iterations N] [--containers N] [--mib N] [--runs N] [--policy]\n\
          defaults: target/release/kata-agent, build/rootfs, 20 iterations, 20 containers, 256 MiB, 3 runs"
     );
     std::process::exit(2)
@@ -56,6 +59,7 @@ fn parse_options() -> Options {
         containers: 20,
         throughput_mib: 256,
         runs: 3,
+        policy: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -67,6 +71,7 @@ fn parse_options() -> Options {
             "--containers" => o.containers = value().parse().unwrap_or_else(|_| usage()),
             "--mib" => o.throughput_mib = value().parse().unwrap_or_else(|_| usage()),
             "--runs" => o.runs = value().parse::<usize>().unwrap_or_else(|_| usage()).max(1),
+            "--policy" => o.policy = true,
             _ => usage(),
         }
     }
@@ -156,6 +161,9 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if o.policy {
+        return rt.block_on(policy::bench_policy(&o));
+    }
     rt.block_on(async {
         lifecycle::startup(&o).await?;
         bench_agent(&o).await

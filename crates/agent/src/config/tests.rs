@@ -636,6 +636,7 @@ fn toml_every_key() {
         trace_addr: None,
         mem_agent: Default::default(),
         passfd_addr: None,
+        policy_file: None,
     };
     assert_eq!(c, expected);
 }

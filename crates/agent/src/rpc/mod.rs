@@ -1,8 +1,8 @@
 //! The rpc layer: one thin handler per method, grouped by API area. Handlers validate and convert
 //! the request, call the domain modules and convert the reply; they hold no state of their own.
 //!
-//! Every method of `grpc.AgentService` is routed here; a method whose capability is not built yet
-//! answers UNIMPLEMENTED with `<Method> is not implemented yet`.
+//! Every method of `grpc.AgentService` is routed here, and every one is built. Each request is first
+//! decided by the agent policy (`policed!`, see `crate::policy`); `grpc.Health` never is.
 //!
 //! Every method except the stream ones (WriteStdin, ReadStdout, ReadStderr), GetOOMEvent and the
 //! mem-agent ones runs through [`crate::traced_rpc!`]: it logs `rpc call from shim to agent` and,
@@ -45,8 +45,22 @@ pub fn services(agent: Arc<Agent>) -> Vec<HashMap<String, ttrpc::r#async::Servic
 /// Result type of the handlers.
 type Reply<T> = ttrpc::Result<T>;
 
-fn unimplemented<T>(method: &str) -> Reply<T> {
-    Err(AgentError::not_implemented_yet(method).into_ttrpc())
+/// The policy gate, the one place AgentService requests are decided: `data.agent_policy.<request
+/// message name>` with the request as input (`ReadStreamRequest` for ReadStdout and ReadStderr,
+/// `MemAgentMemcgConfig`/`MemAgentCompactConfig` for the mem-agent methods). Runs before the
+/// handler does anything; a denied request has no effect. grpc.Health is never gated.
+fn allowed<M: protobuf::MessageFull>(req: &M) -> Result<(), AgentError> {
+    crate::policy::gate().check(req).map_err(AgentError::from)
+}
+
+/// `policed!(req, handler future)`: decides `req`, then runs the handler.
+macro_rules! policed {
+    ($req:ident, $fut:expr) => {
+        async {
+            allowed(&$req)?;
+            $fut.await
+        }
+    };
 }
 
 struct AgentRpc {
@@ -64,7 +78,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "create_container",
             req,
-            containers::create_container(&self.agent, req)
+            policed!(req, containers::create_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -78,7 +92,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "start_container",
             req,
-            containers::start_container(&self.agent, req)
+            policed!(req, containers::start_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -92,7 +106,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "remove_container",
             req,
-            containers::remove_container(&self.agent, req)
+            policed!(req, containers::remove_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -106,7 +120,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "exec_process",
             req,
-            containers::exec_process(&self.agent, req)
+            policed!(req, containers::exec_process(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -120,7 +134,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "signal_process",
             req,
-            containers::signal_process(&self.agent, req)
+            policed!(req, containers::signal_process(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -134,7 +148,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "wait_process",
             req,
-            containers::wait_process(&self.agent, req)
+            policed!(req, containers::wait_process(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -148,7 +162,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "update_container",
             req,
-            containers::update_container(&self.agent, req)
+            policed!(req, containers::update_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -162,7 +176,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "update_mounts",
             req,
-            storage::update_ephemeral_mounts(&self.agent, req)
+            policed!(req, storage::update_ephemeral_mounts(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -176,7 +190,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "stats_container",
             req,
-            containers::stats_container(&self.agent, req)
+            policed!(req, containers::stats_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -190,7 +204,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "pause_container",
             req,
-            containers::pause_container(&self.agent, req)
+            policed!(req, containers::pause_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -204,7 +218,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "resume_container",
             req,
-            containers::resume_container(&self.agent, req)
+            policed!(req, containers::resume_container(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -218,7 +232,10 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "remove_stale_virtiofs_share_mounts",
             req,
-            guest::remove_stale_virtiofs_share_mounts(&self.agent, req)
+            policed!(
+                req,
+                guest::remove_stale_virtiofs_share_mounts(&self.agent, req)
+            )
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -232,7 +249,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "get_diagnostic_data",
             req,
-            containers::get_diagnostic_data(&self.agent, req)
+            policed!(req, containers::get_diagnostic_data(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -242,8 +259,12 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::WriteStreamRequest,
     ) -> Reply<agent::WriteStreamResponse> {
-        crate::logged_rpc!("write_stdin", req, io::write_stdin(&self.agent, req))
-            .map_err(AgentError::into_ttrpc)
+        crate::logged_rpc!(
+            "write_stdin",
+            req,
+            policed!(req, io::write_stdin(&self.agent, req))
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn read_stdout(
@@ -251,8 +272,13 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> Reply<agent::ReadStreamResponse> {
-        crate::logged_rpc!("read_stdout", req, io::read_stdout(&self.agent, req))
-            .map_err(AgentError::into_ttrpc)
+        // Decided before anything is read: a denied read consumes no output.
+        crate::logged_rpc!(
+            "read_stdout",
+            req,
+            policed!(req, io::read_stdout(&self.agent, req))
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn read_stderr(
@@ -260,13 +286,22 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> Reply<agent::ReadStreamResponse> {
-        crate::logged_rpc!("read_stderr", req, io::read_stderr(&self.agent, req))
-            .map_err(AgentError::into_ttrpc)
+        crate::logged_rpc!(
+            "read_stderr",
+            req,
+            policed!(req, io::read_stderr(&self.agent, req))
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn close_stdin(&self, ctx: &TtrpcContext, req: agent::CloseStdinRequest) -> Reply<Empty> {
-        crate::traced_rpc!(ctx, "close_stdin", req, io::close_stdin(&self.agent, req))
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "close_stdin",
+            req,
+            policed!(req, io::close_stdin(&self.agent, req))
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn tty_win_resize(
@@ -278,7 +313,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "tty_win_resize",
             req,
-            io::tty_win_resize(&self.agent, req)
+            policed!(req, io::tty_win_resize(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -292,7 +327,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "update_interface",
             req,
-            network::update_interface(&self.agent, req)
+            policed!(req, network::update_interface(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -306,7 +341,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "update_routes",
             req,
-            network::update_routes(&self.agent, req)
+            policed!(req, network::update_routes(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -320,7 +355,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "list_interfaces",
             req,
-            network::list_interfaces(&self.agent, req)
+            policed!(req, network::list_interfaces(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -334,7 +369,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "list_routes",
             req,
-            network::list_routes(&self.agent, req)
+            policed!(req, network::list_routes(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -348,7 +383,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "add_arp_neighbors",
             req,
-            network::add_arp_neighbors(&self.agent, req)
+            policed!(req, network::add_arp_neighbors(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -362,7 +397,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "get_iptables",
             req,
-            network::get_ip_tables(&self.agent, req)
+            policed!(req, network::get_ip_tables(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -376,7 +411,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "set_iptables",
             req,
-            network::set_ip_tables(&self.agent, req)
+            policed!(req, network::set_ip_tables(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -390,7 +425,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "get_metrics",
             req,
-            metrics::get_metrics(&self.agent, req)
+            policed!(req, metrics::get_metrics(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -400,9 +435,11 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::MemAgentMemcgConfig,
     ) -> Reply<Empty> {
-        crate::logged_rpc!("mem_agent_memcg_set", req, async {
-            mem_agent::memcg_set(req)
-        })
+        crate::logged_rpc!(
+            "mem_agent_memcg_set",
+            req,
+            policed!(req, async { mem_agent::memcg_set(req) })
+        )
         .map_err(AgentError::into_ttrpc)
     }
 
@@ -411,9 +448,11 @@ impl agent_ttrpc::AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         req: agent::MemAgentCompactConfig,
     ) -> Reply<Empty> {
-        crate::logged_rpc!("mem_agent_compact_set", req, async {
-            mem_agent::compact_set(req)
-        })
+        crate::logged_rpc!(
+            "mem_agent_compact_set",
+            req,
+            policed!(req, async { mem_agent::compact_set(req) })
+        )
         .map_err(AgentError::into_ttrpc)
     }
 
@@ -426,7 +465,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "create_sandbox",
             req,
-            sandbox::create_sandbox(&self.agent, req)
+            policed!(req, sandbox::create_sandbox(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -440,7 +479,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "destroy_sandbox",
             req,
-            sandbox::destroy_sandbox(&self.agent, req)
+            policed!(req, sandbox::destroy_sandbox(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -454,7 +493,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "online_cpu_mem",
             req,
-            storage::online_cpu_mem(&self.agent, req)
+            policed!(req, storage::online_cpu_mem(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -468,7 +507,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "reseed_random_dev",
             req,
-            guest::reseed_random_dev(&self.agent, req)
+            policed!(req, guest::reseed_random_dev(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -482,7 +521,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "get_guest_details",
             req,
-            guest::get_guest_details(&self.agent, req)
+            policed!(req, guest::get_guest_details(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -496,7 +535,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "mem_hotplug_by_probe",
             req,
-            storage::mem_hotplug_by_probe(&self.agent, req)
+            policed!(req, storage::mem_hotplug_by_probe(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -510,14 +549,20 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "set_guest_date_time",
             req,
-            guest::set_guest_date_time(&self.agent, req)
+            policed!(req, guest::set_guest_date_time(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
 
     async fn copy_file(&self, ctx: &TtrpcContext, req: agent::CopyFileRequest) -> Reply<Empty> {
-        crate::traced_rpc!(ctx, "copy_file", req, storage::copy_file(&self.agent, req))
-            .map_err(AgentError::into_ttrpc)
+        // CopyFile is decided on its prepared form (file type, symlink target; never the data).
+        crate::traced_rpc!(ctx, "copy_file", req, async {
+            crate::policy::gate()
+                .check_copy_file(&req)
+                .map_err(AgentError::from)?;
+            storage::copy_file(&self.agent, req).await
+        })
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn get_oom_event(
@@ -528,14 +573,19 @@ impl agent_ttrpc::AgentService for AgentRpc {
         crate::logged_rpc!(
             "get_oom_event",
             req,
-            containers::get_oom_event(&self.agent, req)
+            policed!(req, containers::get_oom_event(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
 
     async fn add_swap(&self, ctx: &TtrpcContext, req: agent::AddSwapRequest) -> Reply<Empty> {
-        crate::traced_rpc!(ctx, "add_swap", req, storage::add_swap(&self.agent, req))
-            .map_err(AgentError::into_ttrpc)
+        crate::traced_rpc!(
+            ctx,
+            "add_swap",
+            req,
+            policed!(req, storage::add_swap(&self.agent, req))
+        )
+        .map_err(AgentError::into_ttrpc)
     }
 
     async fn add_swap_path(
@@ -547,7 +597,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "add_swap_path",
             req,
-            storage::add_swap_path(&self.agent, req)
+            policed!(req, storage::add_swap_path(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -561,7 +611,7 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "get_volume_stats",
             req,
-            storage::get_volume_stats(&self.agent, req)
+            policed!(req, storage::get_volume_stats(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
@@ -575,12 +625,20 @@ impl agent_ttrpc::AgentService for AgentRpc {
             ctx,
             "resize_volume",
             req,
-            storage::resize_volume(&self.agent, req)
+            policed!(req, storage::resize_volume(&self.agent, req))
         )
         .map_err(AgentError::into_ttrpc)
     }
 
     async fn set_policy(&self, ctx: &TtrpcContext, req: agent::SetPolicyRequest) -> Reply<Empty> {
-        crate::traced_rpc!(ctx, "set_policy", req, async { unimplemented("SetPolicy") })
+        // Decided by the policy in force (`SetPolicyRequest`) inside the gate itself.
+        crate::traced_rpc!(ctx, "set_policy", req, async {
+            crate::policy::gate()
+                .set_policy(req)
+                .await
+                .map_err(AgentError::from)?;
+            Ok(Empty::new())
+        })
+        .map_err(AgentError::into_ttrpc)
     }
 }

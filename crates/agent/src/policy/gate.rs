@@ -1,0 +1,158 @@
+//! The gate: the policy in force, start-up loading, decisions and SetPolicy.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use protobuf::MessageFull;
+use protocols::agent::{CopyFileRequest, SetPolicyRequest};
+use tracing::{info, warn};
+
+use super::engine::LoadedPolicy;
+use super::{input, PolicyError};
+
+/// The agent's policy gate.
+#[derive(Debug, Default)]
+pub struct PolicyGate {
+    /// The policy in force; `None`: every request is allowed.
+    current: RwLock<Option<Arc<LoadedPolicy>>>,
+    /// Serializes SetPolicy (decide, parse, swap).
+    set_lock: tokio::sync::Mutex<()>,
+}
+
+static GATE: OnceLock<PolicyGate> = OnceLock::new();
+
+/// The process' gate (allow-all until [`install`] runs).
+pub fn gate() -> &'static PolicyGate {
+    GATE.get_or_init(|| PolicyGate::new(None))
+}
+
+/// Makes `policy` the process' policy (start-up).
+pub fn install(policy: Option<LoadedPolicy>) {
+    gate().replace(policy.map(Arc::new));
+}
+
+/// Start-up: loads the policy (see [`load_startup`]), installs it and logs which one is in force.
+pub fn startup(configured: Option<&Path>, default: &Path) -> anyhow::Result<()> {
+    install(load_startup(configured, default)?);
+    gate().announce();
+    Ok(())
+}
+
+/// Reads the start-up policy: `configured` (from `KATA_AGENT_POLICY_FILE` or `policy_file`), else
+/// `default` when that file exists. A configured file that is missing, and any file that does not
+/// parse, is an error: the agent must not start with less policy than it was given.
+pub fn load_startup(
+    configured: Option<&Path>,
+    default: &Path,
+) -> anyhow::Result<Option<LoadedPolicy>> {
+    let path: PathBuf = match configured {
+        Some(p) => p.to_path_buf(),
+        None if default.exists() => default.to_path_buf(),
+        None => return Ok(None),
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read the policy file {}: {e}", path.display()))?;
+    let loaded = LoadedPolicy::parse(&path.display().to_string(), &text)
+        .map_err(|e| anyhow::anyhow!("the policy file does not parse: {e}"))?;
+    Ok(Some(loaded))
+}
+
+impl PolicyGate {
+    /// A gate enforcing `policy` (`None`: allow all).
+    pub fn new(policy: Option<LoadedPolicy>) -> Self {
+        PolicyGate {
+            current: RwLock::new(policy.map(Arc::new)),
+            set_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn current(&self) -> Option<Arc<LoadedPolicy>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn replace(&self, policy: Option<Arc<LoadedPolicy>>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    /// Logs which policy is in force (start-up).
+    pub fn announce(&self) {
+        match self.current() {
+            Some(p) => info!(
+                subsystem = "policy",
+                policy = p.origin(),
+                allow_failures = p.allow_failures(),
+                "agent policy loaded: requests are decided by the policy"
+            ),
+            None => info!(
+                subsystem = "policy",
+                "no agent policy: every request is allowed"
+            ),
+        }
+    }
+
+    /// Decides `req` as `data.agent_policy.<message name>`.
+    pub fn check<M: MessageFull>(&self, req: &M) -> Result<(), PolicyError> {
+        let Some(policy) = self.current() else {
+            return Ok(());
+        };
+        let name = M::descriptor().name().to_string();
+        decide(&policy, &name, input::message_input(req))
+    }
+
+    /// Decides CopyFile on its prepared form.
+    pub fn check_copy_file(&self, req: &CopyFileRequest) -> Result<(), PolicyError> {
+        let Some(policy) = self.current() else {
+            return Ok(());
+        };
+        decide(&policy, "CopyFileRequest", input::copy_file_input(req)?)
+    }
+
+    /// SetPolicy: decided by the policy in force (`SetPolicyRequest`), then the new text is parsed
+    /// in full and swapped in with a fresh state. Text that does not parse leaves the current
+    /// policy in force.
+    pub async fn set_policy(&self, req: SetPolicyRequest) -> Result<(), PolicyError> {
+        let _serial = self.set_lock.lock().await;
+        self.check(&req)?;
+        let text = req.policy;
+        let loaded = tokio::task::spawn_blocking(move || LoadedPolicy::parse("SetPolicy", &text))
+            .await
+            .map_err(|e| PolicyError::Internal(format!("SetPolicy: {e}")))??;
+        info!(
+            subsystem = "policy",
+            allow_failures = loaded.allow_failures(),
+            "new agent policy set"
+        );
+        self.replace(Some(Arc::new(loaded)));
+        Ok(())
+    }
+}
+
+/// One decision, logged when denied or only allowed by `AllowRequestsFailingPolicy`.
+fn decide(policy: &LoadedPolicy, name: &str, input: regorus::Value) -> Result<(), PolicyError> {
+    let outcome = policy
+        .evaluate(name, input)
+        .map_err(|e| PolicyError::Internal(format!("{name}: internal error {e}")))?;
+    if outcome.overridden {
+        warn!(
+            subsystem = "policy",
+            request = name,
+            prints = %outcome.prints,
+            "request fails the policy; allowed by AllowRequestsFailingPolicy"
+        );
+    }
+    if outcome.allowed {
+        return Ok(());
+    }
+    warn!(
+        subsystem = "policy",
+        request = name,
+        "request blocked by policy"
+    );
+    Err(PolicyError::Denied(format!(
+        "{name} is blocked by policy: {}",
+        outcome.prints
+    )))
+}

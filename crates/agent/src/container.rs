@@ -20,7 +20,10 @@ use tracing::{info, warn};
 use crate::error::{AgentError, Result};
 use crate::io::{self, ParentStdio, StreamReader, StreamWriter};
 use crate::lifecycle::{Creations, Reservation};
-use crate::sandbox::Agent;
+
+mod env;
+use env::merge_guest_hooks;
+pub use env::{ContainerEnv, GuestHooks};
 
 mod exec;
 
@@ -311,7 +314,7 @@ impl Containers {
     /// abandoned meanwhile, the engine set-up is cancelled and everything made is rolled back.
     pub async fn create(
         &self,
-        agent: &Agent,
+        env: ContainerEnv,
         params: CreateParams,
         reservation: &Reservation,
     ) -> Result<()> {
@@ -327,12 +330,11 @@ impl Containers {
             .as_ref()
             .map(|p| p.terminal().unwrap_or(false))
             .unwrap_or(false);
-        self.rewrite_namespaces(agent, &mut spec, params.sandbox_pidns)
-            .await?;
-        merge_guest_hooks(&mut spec, &agent.sandbox.lock().await.hooks);
+        self.rewrite_namespaces(&env.shared_ns, &mut spec, params.sandbox_pidns)?;
+        merge_guest_hooks(&mut spec, &env.hooks);
 
-        let (parent, child) = io::create_stdio(terminal, agent.config.container_pipe_size)?;
-        let cfg = agent.engine_config();
+        let (parent, child) = io::create_stdio(terminal, env.pipe_size)?;
+        let cfg = env.engine;
         let stdio = engine::Stdio {
             stdin: child.stdin,
             stdout: child.stdout,
@@ -411,13 +413,12 @@ impl Containers {
     }
 
     /// Points ipc/uts at the sandbox's shared namespaces and adds the pid namespace entry.
-    async fn rewrite_namespaces(
+    fn rewrite_namespaces(
         &self,
-        agent: &Agent,
+        shared: &HashMap<&'static str, PathBuf>,
         spec: &mut Spec,
         share_pidns: bool,
     ) -> Result<()> {
-        let shared = crate::sandbox::shared_namespace_paths(&*agent.sandbox.lock().await);
         let pidns_path = if share_pidns {
             let pinned = self.sandbox_pidns.lock().unwrap();
             match pinned.as_ref() {
@@ -799,26 +800,6 @@ fn pid_namespace(path: Option<PathBuf>) -> Result<LinuxNamespace> {
     }
     b.build()
         .map_err(|e| AgentError::internal(format!("cannot build the pid namespace entry: {e}")))
-}
-
-/// Appends the sandbox's guest hooks to the spec's own lists.
-fn merge_guest_hooks(spec: &mut Spec, guest: &crate::sandbox::GuestHooks) {
-    if guest.is_empty() {
-        return;
-    }
-    let mut hooks = spec.hooks().clone().unwrap_or_default();
-    let join = |own: &Option<Vec<oci_spec::runtime::Hook>>, extra: &[oci_spec::runtime::Hook]| {
-        let mut list = own.clone().unwrap_or_default();
-        list.extend(extra.iter().cloned());
-        (!list.is_empty()).then_some(list)
-    };
-    let prestart = join(hooks.prestart(), &guest.prestart);
-    let poststart = join(hooks.poststart(), &guest.poststart);
-    let poststop = join(hooks.poststop(), &guest.poststop);
-    hooks.set_prestart(prestart);
-    hooks.set_poststart(poststart);
-    hooks.set_poststop(poststop);
-    spec.set_hooks(Some(hooks));
 }
 
 /// Whether the process catches, ignores or blocks SIGTERM (from /proc/<pid>/status).

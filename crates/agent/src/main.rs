@@ -3,6 +3,7 @@
 //! Start-up: PID-1 duties (init mode) or subreaper set-up (standalone), configuration, logging, the
 //! child reaper, then the ttRPC server until DestroySandbox or a termination signal.
 
+mod agent;
 mod config;
 mod console;
 mod container;
@@ -10,6 +11,7 @@ mod device;
 mod endpoint;
 mod error;
 mod guest;
+mod hostpath;
 mod init;
 mod io;
 mod lifecycle;
@@ -177,7 +179,7 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
-    let agent = sandbox::Agent::new(cfg.clone(), init_mode);
+    let agent = agent::Agent::new(cfg.clone(), init_mode);
     // Hot-plugged devices announce themselves through uevents: listen from the start.
     if let Err(e) = agent.devices.start_listener() {
         warn!(subsystem = "uevent", error = %e, "cannot listen for uevents; device hot-plug waits will time out");

@@ -23,8 +23,8 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, Opts, Registry, TextEncoder};
 use tracing::warn;
 
+use crate::agent::Agent;
 use crate::error::{AgentError, Result};
-use crate::sandbox::Agent;
 
 mod containers;
 use containers::*;

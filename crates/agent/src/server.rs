@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
+use crate::agent::{Agent, Shutdown};
 use crate::rpc;
-use crate::sandbox::{Agent, Shutdown};
 
 /// Why [`serve`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,8 +24,8 @@ use oci_spec::runtime::Spec;
 use protocols::agent::SharedMount;
 use tracing::{info, warn};
 
+use crate::agent::Agent;
 use crate::error::{AgentError, Result};
-use crate::sandbox::Agent;
 use crate::storage::confine::clean_absolute;
 
 /// Annotations naming a container (CRI-containerd, then CRI-O).

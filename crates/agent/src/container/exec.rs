@@ -9,7 +9,6 @@ use oci_spec::runtime::Process;
 use super::{ContainerEntry, Containers, ProcessEntry, ROLLBACK_WAIT};
 use crate::error::{AgentError, Result};
 use crate::io;
-use crate::sandbox::Agent;
 
 impl ContainerEntry {
     /// Reserves `exec_id` for an exec being set up (ALREADY_EXISTS if taken).
@@ -64,7 +63,7 @@ impl Containers {
     /// away, or the container is removed, the set-up is cancelled and leaves nothing behind.
     pub async fn exec(
         &self,
-        agent: &Agent,
+        pipe_size: i32,
         id: &str,
         exec_id: &str,
         process: Process,
@@ -82,7 +81,6 @@ impl Containers {
             cancel: Some(cancel.clone()),
             slot: slot.clone(),
         };
-        let pipe_size = agent.config.container_pipe_size;
         let exec_id = exec_id.to_string();
         let task = tokio::spawn(async move {
             let result = exec_task(&c, &exec_id, process, pipe_size, &cancel, &slot).await;

@@ -356,7 +356,7 @@ impl Devices {
 
     /// Maps a host-side `/dev/...` path to the guest's /dev root (lexically checked).
     pub fn dev_path(&self, what: &str, host: &str) -> Result<PathBuf> {
-        let clean = crate::storage::confine::clean_absolute(what, host)?;
+        let clean = crate::hostpath::clean_absolute(what, host)?;
         let rel = clean
             .strip_prefix("/dev")
             .ok()

@@ -24,8 +24,8 @@ use tracing::{info, warn};
 
 use self::netlink::{Addr, Link, LinkChange, Neigh, NewRoute, NlError, RouteEntry};
 use self::parse::{InterfaceSpec, RouteSpec};
+use crate::agent::Agent;
 use crate::error::{AgentError, Result};
-use crate::sandbox::Agent;
 
 pub use self::netlink::Netlink;
 

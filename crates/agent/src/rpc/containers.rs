@@ -14,10 +14,10 @@ use protocols::agent::{
 
 use tracing::warn;
 
+use crate::agent::Agent;
 use crate::container::CreateParams;
 use crate::error::{AgentError, Result};
 use crate::lifecycle::{AbandonHandle, Abandoned, Reservation};
-use crate::sandbox::Agent;
 use crate::{device, oci};
 
 /// Annotation naming the file Kubernetes reads a container's termination message from.
@@ -76,7 +76,7 @@ async fn create_task(
     let created = agent
         .containers
         .create(
-            &agent,
+            agent.container_env().await,
             CreateParams {
                 id: req.container_id.clone(),
                 spec,
@@ -175,7 +175,12 @@ pub async fn exec_process(agent: &Agent, req: ExecProcessRequest) -> Result<Empt
         crate::passfd::take_streams(req.stdin_port, req.stdout_port, req.stderr_port).await?;
     agent
         .containers
-        .exec(agent, &req.container_id, &req.exec_id, process)
+        .exec(
+            agent.config.container_pipe_size,
+            &req.container_id,
+            &req.exec_id,
+            process,
+        )
         .await?;
     agent
         .containers

@@ -8,8 +8,8 @@ use protocols::agent::{
     ReseedRandomDevRequest, SetGuestDateTimeRequest,
 };
 
+use crate::agent::Agent;
 use crate::error::Result;
-use crate::sandbox::Agent;
 use crate::{guest, version};
 
 pub async fn get_guest_details(

@@ -6,8 +6,8 @@ use protocols::agent::{
     WriteStreamRequest, WriteStreamResponse,
 };
 
+use crate::agent::Agent;
 use crate::error::Result;
-use crate::sandbox::Agent;
 
 pub async fn read_stdout(agent: &Agent, req: ReadStreamRequest) -> Result<ReadStreamResponse> {
     read(agent, req, false).await

@@ -2,8 +2,8 @@
 
 use protocols::agent;
 
+use crate::agent::Agent;
 use crate::error::Result;
-use crate::sandbox::Agent;
 
 pub async fn get_metrics(agent: &Agent, _req: agent::GetMetricsRequest) -> Result<agent::Metrics> {
     let text = crate::metrics::gather(agent).await?;

@@ -28,8 +28,8 @@ use protobuf::well_known_types::empty::Empty;
 use protocols::{agent, agent_ttrpc, csi, health_ttrpc, types};
 use ttrpc::r#async::TtrpcContext;
 
+use crate::agent::Agent;
 use crate::error::AgentError;
-use crate::sandbox::Agent;
 
 pub use sandbox::shutdown_cleanup;
 

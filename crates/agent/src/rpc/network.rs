@@ -3,9 +3,9 @@
 use protobuf::well_known_types::empty::Empty;
 use protocols::{agent, types};
 
+use crate::agent::Agent;
 use crate::error::Result;
 use crate::network;
-use crate::sandbox::Agent;
 
 pub async fn update_interface(
     agent: &Agent,

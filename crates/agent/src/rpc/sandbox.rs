@@ -4,8 +4,9 @@ use protobuf::well_known_types::empty::Empty;
 use protocols::agent::{CreateSandboxRequest, DestroySandboxRequest};
 use tracing::warn;
 
+use crate::agent::Agent;
 use crate::error::Result;
-use crate::sandbox::{self, Agent, CreateSandboxParams};
+use crate::sandbox::{self, CreateSandboxParams};
 use crate::storage::Owner;
 
 pub async fn create_sandbox(agent: &Agent, req: CreateSandboxRequest) -> Result<Empty> {

@@ -9,9 +9,9 @@ use protocols::agent::{self, CreateContainerRequest};
 use protocols::csi;
 use tracing::info;
 
+use crate::agent::Agent;
 use crate::device::pci::{DevTreePath, PciPath, SlotFn};
 use crate::error::{AgentError, Result};
-use crate::sandbox::Agent;
 use crate::storage::{AddContext, Owner};
 use crate::{device, guest, storage};
 

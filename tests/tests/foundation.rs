@@ -397,7 +397,14 @@ fn sigterm_stops_the_agent_cleanly() {
 #[test]
 fn logs_are_structured_json() {
     let agent = TestAgent::start();
-    let log = agent.log();
+    // Records reach stderr through the logger's queue: the announce record may still be on its
+    // way when the socket accepts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut log = agent.log();
+    while !log.contains("\"announce\"") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        log = agent.log();
+    }
     let first = log
         .lines()
         .find(|l| l.contains("\"announce\""))

@@ -54,6 +54,10 @@ fn prepare_unix_address(addr: &str) -> Result<()> {
 /// Serves until the sandbox is destroyed or, outside init mode, SIGTERM/SIGINT arrives.
 pub async fn serve(agent: Arc<Agent>, addr: &str) -> Result<StopReason> {
     prepare_unix_address(addr)?;
+    // Watched before the socket exists: a signal sent as soon as a client can connect must stop
+    // the agent cleanly, not kill it with the default action.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut server = ttrpc::r#async::Server::new()
         .bind(addr)
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -67,8 +71,6 @@ pub async fn serve(agent: Arc<Agent>, addr: &str) -> Result<StopReason> {
     info!(subsystem = "rpc", address = addr, "ttRPC server listening");
 
     let mut shutdown = agent.shutdown_signal();
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let standalone = !agent.init_mode;
     let reason = loop {
         tokio::select! {

@@ -2132,14 +2132,15 @@ fn agent_leaks_no_fds_mounts_or_zombies() {
         }
         fx.assert_no_children().await;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while fd_count(pid) != before.len() && Instant::now() < deadline {
+        while fd_count(pid) > before.len() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let after = fd_targets(pid);
         let (b, a): (HashSet<_>, HashSet<_>) = (before.iter().collect(), after.iter().collect());
-        assert_eq!(
-            before.len(),
-            after.len(),
+        // Fewer is fine: a removed container's pinned namespaces are closed off the
+        // RemoveContainer path, so the first figure may still count some.
+        assert!(
+            after.len() <= before.len() && a.difference(&b).next().is_none(),
             "fd leak; new: {:?}, gone: {:?}",
             a.difference(&b).collect::<Vec<_>>(),
             b.difference(&a).collect::<Vec<_>>()

@@ -108,12 +108,21 @@ fn mem_agent_enabled_changes_settings() {
         let mut req = MemAgentCompactConfig::new();
         req.disabled = Some(true);
         client.mem_agent_compact_set(ctx(), &req).await.unwrap();
-        let log = agent.log();
-        let last = log
-            .lines()
-            .rev()
-            .find(|l| l.contains("memory agent compaction settings changed"))
-            .unwrap();
+        // The record goes through the logger's queue: it may land just after the reply.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let last = loop {
+            let log = agent.log();
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("memory agent compaction settings changed"))
+                .map(str::to_string);
+            match last {
+                Some(l) if l.contains("disabled: true") => break l,
+                _ if std::time::Instant::now() > deadline => break last.unwrap_or_default(),
+                _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
         assert!(
             last.contains("disabled: true") && last.contains("compact_order: 8"),
             "{last}"

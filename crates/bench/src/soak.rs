@@ -65,6 +65,9 @@ pub async fn main(args: Vec<String>) -> Result<()> {
             _ => usage(),
         }
     }
+    // The agent wants an absolute, canonical root path.
+    o.rootfs = std::fs::canonicalize(&o.rootfs)
+        .with_context(|| format!("rootfs {}", o.rootfs.display()))?;
     let a = AgentProc::spawn(&o.agent, "soak")?;
     let conn = a.connect().await?;
     let client = AgentServiceClient::new(conn.clone());

@@ -37,7 +37,11 @@ fn main() {
             "--minutes" => cfg.duration = Some(Duration::from_secs(num(value()) * 60)),
             "--workers" => cfg.workers = num(value()) as usize,
             "--deadline-ms" => cfg.deadline = Duration::from_millis(num(value())),
-            "--rootfs" => cfg.rootfs = Some(PathBuf::from(value())),
+            "--rootfs" => {
+                // The agent wants an absolute, canonical root path.
+                let dir = PathBuf::from(value());
+                cfg.rootfs = Some(std::fs::canonicalize(&dir).unwrap_or(dir));
+            }
             "--methods" => cfg.methods = value().split(',').map(str::to_string).collect(),
             _ => usage(),
         }

@@ -120,7 +120,8 @@ pub async fn main(args: Vec<String>) -> Result<()> {
         "{:<22} {:>10} {:>12} {:>13} {:>8}",
         "figure", "baseline", "after execs", "after cycles", "delta"
     );
-    let rows: [(&str, fn(&Figures) -> i64); 6] = [
+    type Row = (&'static str, fn(&Figures) -> i64);
+    let rows: [Row; 6] = [
         ("fds", |f| f.fds as i64),
         ("threads", |f| f.threads as i64),
         ("mounts (run dir)", |f| f.mounts as i64),

@@ -89,23 +89,27 @@ async fn create_task(
         super::storage::rollback_container(&agent, &req.container_id, &added).await;
         return Err(e);
     }
-    agent
-        .containers
-        .attach_streams(&req.container_id, "", streams)?;
-    // Kept for ExecProcess; forgotten by RemoveContainer.
-    agent.devices.pci_maps().set(&req.container_id, pcimap);
-    if !req.shared_mounts.is_empty() {
-        let cid = req.container_id.clone();
-        let result = crate::shared_mount::setup(&agent, &cid, &req.shared_mounts).await;
-        if result.is_err() {
-            if let Err(e) = agent.containers.remove(&cid, Duration::ZERO).await {
-                warn!(subsystem = "container", container_id = %cid, error = %e, "cannot remove the container after its shared mounts failed");
-            } else {
-                agent.devices.pci_maps().forget(&cid);
-                super::storage::rollback_container(&agent, &cid, &added).await;
-            }
+    // What follows the creation fails as a whole: the container is removed and its storages
+    // released, so that the host is never left with a container it was told failed.
+    let cid = req.container_id.clone();
+    let finished: Result<()> = async {
+        agent.containers.attach_streams(&cid, "", streams)?;
+        // Kept for ExecProcess; forgotten by RemoveContainer.
+        agent.devices.pci_maps().set(&cid, pcimap);
+        if !req.shared_mounts.is_empty() {
+            crate::shared_mount::setup(&agent, &cid, &req.shared_mounts).await?;
         }
-        result?;
+        Ok(())
+    }
+    .await;
+    if let Err(err) = finished {
+        if let Err(e) = agent.containers.remove(&cid, Duration::ZERO).await {
+            warn!(subsystem = "container", container_id = %cid, error = %e, "cannot remove the container after its set-up failed");
+        } else {
+            agent.devices.pci_maps().forget(&cid);
+            super::storage::rollback_container(&agent, &cid, &added).await;
+        }
+        return Err(err);
     }
     drop(reservation);
     Ok(())

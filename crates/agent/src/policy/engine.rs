@@ -12,6 +12,7 @@ use regorus::Value;
 
 use super::decision::{self, Outcome};
 use super::PolicyError;
+use super::{builtins, hoist};
 
 /// The Rego package upstream's policies define their rules in.
 pub const PACKAGE: &str = "agent_policy";
@@ -28,9 +29,18 @@ pub struct LoadedPolicy {
     origin: String,
     /// `data.agent_policy.AllowRequestsFailingPolicy` is true: denials are only warnings.
     allow_failures: bool,
-    /// The engine; it holds the state in its data document. Locked for one evaluation (and the
-    /// state update it may carry) at a time, never across an await.
-    engine: Mutex<regorus::Engine>,
+    /// The engine and the state. Locked for one evaluation (and the state update it may carry)
+    /// at a time, never across an await.
+    engine: Mutex<Engine>,
+}
+
+/// A regorus engine with the parts of its data document kept apart.
+struct Engine {
+    rego: regorus::Engine,
+    /// The constant rules hoisted out of the text (see [`hoist`]); never changed by `ops`.
+    constants: Option<Value>,
+    /// The rest of the data document, which the policy's `ops` patch: `{"pstate": …}`.
+    state: serde_json::Value,
 }
 
 impl std::fmt::Debug for LoadedPolicy {
@@ -57,11 +67,12 @@ impl LoadedPolicy {
             max_lines: NonZeroUsize::new(MAX_POLICY_LINES).expect("non-zero"),
         });
         let invalid = |e: anyhow::Error| PolicyError::Invalid(format!("{origin}: {e}"));
+        builtins::register(&mut engine).map_err(|e| PolicyError::Internal(e.to_string()))?;
+        let hoisted = hoist::hoist(text);
+        let state = serde_json::json!({ "pstate": {} });
+        load_data(&mut engine, hoisted.data.as_ref(), &state)?;
         engine
-            .add_data(initial_data())
-            .map_err(|e| PolicyError::Internal(e.to_string()))?;
-        engine
-            .add_policy(origin.to_string(), text.to_string())
+            .add_policy(origin.to_string(), hoisted.text)
             .map_err(invalid)?;
         // The first evaluation analyses every module (unknown functions, unsafe variables, rule
         // conflicts): do it now so that a broken policy is refused rather than installed.
@@ -73,7 +84,11 @@ impl LoadedPolicy {
         let mut loaded = LoadedPolicy {
             origin: origin.to_string(),
             allow_failures: false,
-            engine: Mutex::new(engine),
+            engine: Mutex::new(Engine {
+                rego: engine,
+                constants: hoisted.data,
+                state,
+            }),
         };
         // As upstream: the flag is read once per policy; a policy that cannot evaluate it runs
         // with the secure default.
@@ -97,7 +112,8 @@ impl LoadedPolicy {
     /// Evaluates `data.agent_policy.<name>` with `input`; an allowed result's state operations are
     /// applied before the lock is released, so the next decision sees them.
     pub fn evaluate(&self, name: &str, input: Value) -> Result<Outcome, PolicyError> {
-        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let engine = &mut guard.rego;
         engine.set_input(input);
         let path = format!("data.{PACKAGE}.{name}");
         // Evaluating the rule directly skips parsing a query and walking every rule's path; a rule
@@ -117,7 +133,7 @@ impl LoadedPolicy {
         let mut outcome = decision::interpret(&value, prints, self.allow_failures)?;
         if let Some(ops) = outcome.ops.take() {
             if outcome.allowed && !ops.0.is_empty() {
-                apply_ops(&mut engine, &ops)?;
+                apply_ops(&mut guard, &ops)?;
             }
         }
         Ok(outcome)
@@ -127,32 +143,47 @@ impl LoadedPolicy {
     #[cfg(test)]
     pub fn state(&self) -> Value {
         let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-        engine.get_data()["pstate"].clone()
+        engine.rego.get_data()["pstate"].clone()
     }
 }
 
-/// The data document a policy starts with: an empty state.
-fn initial_data() -> Value {
-    let mut data = std::collections::BTreeMap::new();
-    data.insert(Value::from("pstate"), Value::new_object());
-    Value::from(data)
+/// Sets the engine's data document: the hoisted constants and the state.
+fn load_data(
+    engine: &mut regorus::Engine,
+    constants: Option<&Value>,
+    state: &serde_json::Value,
+) -> Result<(), PolicyError> {
+    let internal = |e: String| PolicyError::Internal(format!("loading the policy's data: {e}"));
+    let state: Value =
+        serde_json::from_value(state.clone()).map_err(|e| internal(e.to_string()))?;
+    engine.clear_data();
+    if let Some(constants) = constants {
+        engine
+            .add_data(constants.clone())
+            .map_err(|e| internal(e.to_string()))?;
+    }
+    engine.add_data(state).map_err(|e| internal(e.to_string()))
 }
 
-/// Applies JSON patch operations to the engine's data document (the state lives under `/pstate`).
-/// All or nothing: a failing operation leaves the state as it was.
-fn apply_ops(engine: &mut regorus::Engine, ops: &json_patch::Patch) -> Result<(), PolicyError> {
+/// Applies JSON patch operations to the state part of the data document (`/pstate/…`). All or
+/// nothing: a failing operation leaves the state as it was.
+fn apply_ops(engine: &mut Engine, ops: &json_patch::Patch) -> Result<(), PolicyError> {
     let internal =
         |e: String| PolicyError::Internal(format!("applying the policy's state operations: {e}"));
-    let mut doc = serde_json::to_value(engine.get_data()).map_err(|e| internal(e.to_string()))?;
-    json_patch::patch(&mut doc, ops).map_err(|e| internal(e.to_string()))?;
-    let data: Value = serde_json::from_value(doc).map_err(|e| internal(e.to_string()))?;
-    engine.clear_data();
-    engine.add_data(data).map_err(|e| internal(e.to_string()))?;
+    let mut state = engine.state.clone();
+    json_patch::patch(&mut state, ops).map_err(|e| internal(e.to_string()))?;
+    if let Err(e) = load_data(&mut engine.rego, engine.constants.as_ref(), &state) {
+        // A state that clashes with the constants: put the old document back.
+        load_data(&mut engine.rego, engine.constants.as_ref(), &engine.state)?;
+        return Err(e);
+    }
+    engine.state = state;
     // Changing data makes the engine re-analyse the policy; pay for it here, in the request whose
     // decision changed the state, rather than in the next unrelated one.
     engine
+        .rego
         .eval_query("true".to_string(), false)
         .map_err(|e| internal(e.to_string()))?;
-    let _ = engine.take_prints();
+    let _ = engine.rego.take_prints();
     Ok(())
 }

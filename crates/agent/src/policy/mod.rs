@@ -18,6 +18,8 @@
 //! serialized among themselves so a policy that locks SetPolicy cannot be raced.
 
 #[cfg(feature = "agent-policy")]
+mod builtins;
+#[cfg(feature = "agent-policy")]
 pub mod decision;
 #[cfg(not(feature = "agent-policy"))]
 mod disabled;
@@ -25,6 +27,8 @@ mod disabled;
 pub mod engine;
 #[cfg(feature = "agent-policy")]
 mod gate;
+#[cfg(feature = "agent-policy")]
+mod hoist;
 #[cfg(feature = "agent-policy")]
 pub mod input;
 

@@ -324,3 +324,97 @@ fn request_names() {
         "MemAgentMemcgConfig"
     );
 }
+
+/// genpolicy's rules with the constant `policy_data` hoisted into the data document and the
+/// agent's `regex.match` decide exactly as regorus does on the unchanged text: same result, same
+/// print output, on allowed and denied requests of several kinds.
+#[test]
+fn hoisted_constants_and_regex_builtin_decide_as_the_plain_policy() {
+    use std::num::{NonZeroU32, NonZeroUsize};
+    let text = rules_with_data();
+    let loaded = LoadedPolicy::parse("rules.rego", &text).unwrap();
+
+    let mut plain = regorus::Engine::new();
+    plain.set_rego_v0(true);
+    plain.set_strict_builtin_errors(false);
+    plain.set_gather_prints(true);
+    plain.set_policy_length_config(regorus::PolicyLengthConfig {
+        max_col: NonZeroU32::new(64 * 1024).unwrap(),
+        max_file_bytes: NonZeroUsize::new(16 << 20).unwrap(),
+        max_lines: NonZeroUsize::new(200_000).unwrap(),
+    });
+    plain
+        .add_data(regorus::Value::from_json_str(r#"{"pstate": {}}"#).unwrap())
+        .unwrap();
+    plain.add_policy("rules.rego".into(), text).unwrap();
+
+    let bundle = "a".repeat(64);
+    let shared = format!("/run/kata-containers/shared/containers/{bundle}-0123456789abcdef");
+    let regular = CopyFileRequest {
+        path: format!("{shared}-hosts"),
+        file_mode: libc::S_IFREG | 0o644,
+        ..Default::default()
+    };
+    let link = CopyFileRequest {
+        path: format!("{shared}-d/l"),
+        file_mode: libc::S_IFLNK | 0o777,
+        data: b"..data/token".to_vec(),
+        ..Default::default()
+    };
+    let copies = [
+        regular.clone(),
+        CopyFileRequest {
+            path: "/etc/passwd".into(),
+            ..regular.clone()
+        },
+        CopyFileRequest {
+            path: format!("{shared}-../../x"),
+            ..regular.clone()
+        },
+        CopyFileRequest {
+            file_mode: libc::S_IFDIR | 0o755,
+            ..regular
+        },
+        link.clone(),
+        CopyFileRequest {
+            data: b"/etc/shadow".to_vec(),
+            ..link
+        },
+    ];
+    let mut cases: Vec<(String, regorus::Value)> = copies
+        .iter()
+        .map(|r| {
+            (
+                "CopyFileRequest".to_string(),
+                super::input::copy_file_input(r).unwrap(),
+            )
+        })
+        .collect();
+    let upstream: serde_json::Value = serde_json::from_str(&fixture("upstream-form.json")).unwrap();
+    for (name, input) in upstream.as_object().unwrap() {
+        cases.push((name.clone(), serde_json::from_value(input.clone()).unwrap()));
+    }
+    cases.push((
+        "ExecProcessRequest".into(),
+        super::input::message_input(&exec("c1", &["echo", "ready"])),
+    ));
+    cases.push((
+        "GuestDetailsRequest".into(),
+        super::input::message_input(&GuestDetailsRequest::default()),
+    ));
+
+    let mut allowed = 0;
+    for (name, input) in cases {
+        plain.set_input(input.clone());
+        let want = plain
+            .eval_rule(format!("data.agent_policy.{name}"))
+            .unwrap();
+        let want_prints = plain.take_prints().unwrap().join(" ");
+        let got = loaded.evaluate(&name, input).unwrap();
+        assert_eq!(got.allowed, want == regorus::Value::Bool(true), "{name}");
+        assert_eq!(got.prints, want_prints, "{name}");
+        allowed += usize::from(got.allowed);
+    }
+    // Both kinds of decision were compared.
+    assert!(allowed >= 2, "{allowed}");
+}

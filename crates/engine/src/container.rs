@@ -17,6 +17,7 @@ use crate::validate::{validate_container_id, validate_process_args, validate_spe
 use crate::{EngineConfig, Error, Result, Stdio};
 
 mod spawn;
+mod vspawn;
 
 use spawn::spawn;
 pub use spawn::{ExecPlan, PostStart};

@@ -3,14 +3,13 @@
 //! tracked by the call's [`Cancel`].
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use oci_spec::runtime::{Hook, Spec};
 
+use super::vspawn;
 use super::{cgroup_err, hooks_of, kill, other, CONSOLE_WAIT, ROLLBACK_WAIT, SETUP_TIMEOUT};
 use crate::cancel::Cancel;
 use crate::cgroups::Cgroup;
@@ -65,11 +64,49 @@ impl ExecPlan {
     }
 }
 
-fn to_stdio(fd: Option<OwnedFd>) -> std::process::Stdio {
-    match fd {
-        Some(fd) => std::process::Stdio::from(fd),
-        None => std::process::Stdio::null(),
+/// Starts the setup process from `sealed`: the container's stdio on 0-2 (`/dev/null` where a
+/// stream is not given), the sync socket on 3, the console socket (if any) on
+/// [`crate::console::CONSOLE_FD`]. Returns its pid, already watched by the reaper.
+fn spawn_setup(
+    sealed: &Path,
+    args: &[String],
+    stdio: Stdio,
+    sync_fd: RawFd,
+    console_fd: Option<RawFd>,
+) -> std::io::Result<(i32, ExitWatch)> {
+    let null = match (&stdio.stdin, &stdio.stdout, &stdio.stderr) {
+        (Some(_), Some(_), Some(_)) => None,
+        _ => Some(OwnedFd::from(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?,
+        )),
+    };
+    let pick = |fd: &Option<OwnedFd>| {
+        fd.as_ref()
+            .or(null.as_ref())
+            .map(AsRawFd::as_raw_fd)
+            .unwrap_or(-1)
+    };
+    let mut fds = vec![
+        (pick(&stdio.stdin), 0),
+        (pick(&stdio.stdout), 1),
+        (pick(&stdio.stderr), 2),
+        (sync_fd, 3),
+    ];
+    let mut env = vec![(crate::child::SYNC_FD_ENV, "3".to_string())];
+    if let Some(fd) = console_fd {
+        fds.push((fd, crate::console::CONSOLE_FD));
+        env.push((
+            crate::console::CONSOLE_FD_ENV,
+            crate::console::CONSOLE_FD.to_string(),
+        ));
     }
+    // Registered with the reaper under its lock, so an immediate exit is not reaped unwatched.
+    let _g = reaper::guard();
+    let pid = vspawn::spawn(sealed, args, &env, &fds)?;
+    Ok((pid, reaper::watch_new(pid)))
 }
 
 /// Writes `/proc/<pid>/{uid,gid}_map` from the spec.
@@ -109,7 +146,7 @@ pub(super) fn spawn(
     // Never the program's own file: a container must not reach it (CVE-2019-5736).
     let sealed = crate::selfexe::sealed_path(exe)?;
     let (mut parent, child) = UnixStream::pair().map_err(other)?;
-    // Keep the child's end away from fds 0-2, which Command rewires first.
+    // Close-on-exec and away from the low numbers the setup process gets.
     let child_fd = nix::fcntl::fcntl(child.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
         .map_err(other)?;
     drop(child);
@@ -135,40 +172,8 @@ pub(super) fn spawn(
             }
         }
     }
-    let console_child_fd = console.as_ref().map(|c| c.1).unwrap_or(-1);
-    let mut cmd = Command::new(&sealed);
-    cmd.args(args)
-        .env_clear()
-        .env(crate::child::SYNC_FD_ENV, "3")
-        .stdin(to_stdio(stdio.stdin))
-        .stdout(to_stdio(stdio.stdout))
-        .stderr(to_stdio(stdio.stderr));
-    if terminal {
-        cmd.env(
-            crate::console::CONSOLE_FD_ENV,
-            crate::console::CONSOLE_FD.to_string(),
-        );
-    }
-    // SAFETY: the closure only calls dup2, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(child_fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if console_child_fd >= 0 && libc::dup2(console_child_fd, crate::console::CONSOLE_FD) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let spawned = {
-        let _g = reaper::guard();
-        cmd.spawn().map(|c| {
-            let pid = c.id() as i32;
-            (pid, reaper::watch_new(pid))
-        })
-    };
+    let console_child_fd = console.as_ref().map(|c| c.1);
+    let spawned = spawn_setup(&sealed, args, stdio, child_fd, console_child_fd);
     // SAFETY: child_fd is our duplicate, used by nobody else.
     unsafe { libc::close(child_fd) };
     let console = console.map(|(ours, theirs)| {
@@ -176,7 +181,6 @@ pub(super) fn spawn(
         unsafe { libc::close(theirs) };
         ours
     });
-    drop(cmd);
     let (mid_pid, mid_exit) =
         spawned.map_err(|e| other(format!("cannot start {}: {e}", exe.display())))?;
     cancel.track(&mid_exit);

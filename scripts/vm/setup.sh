@@ -2,7 +2,8 @@
 # Installs and caches what the VM harness needs (run as root on Debian; idempotent, quick once done):
 #   * Debian packages: qemu-system-x86, cpio, kmod, busybox-static, e2fsprogs (test disk images);
 #   * a Debian kernel (vmlinuz + modules), unpacked under $KATA_VM_CACHE/kernel/<version>/;
-#   * vhost-device-vsock from crates.io (hybrid vsock for QEMU), under $KATA_VM_CACHE/cargo/bin/;
+#   * vhost-device-vsock from crates.io (hybrid vsock for QEMU), under $KATA_VM_CACHE/cargo/bin/,
+#     its `OK` reply changed to carry the host-side port (see below);
 #   * virtiofsd from crates.io (the virtio-fs device), beside it (needs libcap-ng-dev and
 #     libseccomp-dev, installed here).
 # The cache defaults to build/vm (gitignored). Prints nothing but progress; exits non-zero with a
@@ -93,15 +94,50 @@ if [ ! -e "$kdir/current/vmlinuz" ] || [ -n "${KATA_VM_KERNEL_PKG:-}" ]; then
 fi
 
 # --- vhost-device-vsock ----------------------------------------------------------------------
+# Built from its crates.io source with one change: the reply to a host's `CONNECT <port>` is
+# `OK <host-side port>` (the hybrid-vsock protocol of Firecracker, Cloud Hypervisor and Dragonball:
+# the port the guest sees as the connection's peer port). vhost-device-vsock itself answers with
+# the guest port it was asked for, so a host could not name its pass-fd stdio connections
+# (`stdout_port` etc.). The stamp file records that the binary is the changed build.
 vsock_bin="$cache/cargo/bin/vhost-device-vsock"
-if [ ! -x "$vsock_bin" ] || ! "$vsock_bin" --version 2>/dev/null | grep -q " $vsock_version\$"; then
+vsock_stamp="$cache/cargo/vhost-device-vsock.ok-host-port"
+if [ ! -x "$vsock_bin" ] || [ ! -e "$vsock_stamp" ] ||
+    ! "$vsock_bin" --version 2>/dev/null | grep -q " $vsock_version\$"; then
     echo "vm setup: building vhost-device-vsock $vsock_version from crates.io (takes a few minutes)"
     log="$cache/vhost-device-vsock-build.log"
-    if ! cargo install --locked --quiet --version "$vsock_version" vhost-device-vsock \
-        --root "$cache/cargo" >"$log" 2>&1; then
+    src="$cache/src"
+    rm -rf "$src/fetch" "$src/vhost-device-vsock-$vsock_version"
+    mkdir -p "$src/fetch/src"
+    # A throw-away manifest that depends on the crate: `cargo fetch` puts its .crate file in
+    # cargo's registry cache, where it is unpacked from.
+    cat >"$src/fetch/Cargo.toml" <<TOML
+[package]
+name = "fetch-vhost-device-vsock"
+version = "0.0.0"
+edition = "2021"
+[dependencies]
+vhost-device-vsock = "=$vsock_version"
+[workspace]
+TOML
+    : >"$src/fetch/src/lib.rs"
+    (cd "$src/fetch" && cargo fetch --quiet) >"$log" 2>&1 ||
+        { tail -n 20 "$log" >&2; fail "cannot download vhost-device-vsock $vsock_version (no network? see $log)"; }
+    crate=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"vhost-device-vsock-$vsock_version.crate" 2>/dev/null | head -n1)
+    [ -n "$crate" ] || fail "cargo fetch left no vhost-device-vsock-$vsock_version.crate in the registry cache"
+    tar -xzf "$crate" -C "$src" || fail "cannot unpack $crate"
+    conn="$src/vhost-device-vsock-$vsock_version/src/vsock_conn.rs"
+    grep -q 'format!("OK {}\\n", self.peer_port)' "$conn" ||
+        fail "vhost-device-vsock $vsock_version: the CONNECT reply is not where scripts/vm/setup.sh expects it"
+    sed -i 's/format!("OK {}\\n", self.peer_port)/format!("OK {}\\n", self.local_port)/' "$conn"
+    # Unpacked below the repository: keep it out of our cargo workspace.
+    printf '\n[workspace]\n' >>"$src/vhost-device-vsock-$vsock_version/Cargo.toml"
+    if ! cargo install --locked --quiet --force --path "$src/vhost-device-vsock-$vsock_version" \
+        --root "$cache/cargo" >>"$log" 2>&1; then
         tail -n 20 "$log" >&2
-        fail "cannot build vhost-device-vsock $vsock_version with cargo install (no network? see $log)"
+        fail "cannot build vhost-device-vsock $vsock_version with cargo install (see $log)"
     fi
+    rm -rf "$src/fetch" "$src/vhost-device-vsock-$vsock_version/target"
+    touch "$vsock_stamp"
 fi
 
 # --- virtiofsd --------------------------------------------------------------------------------

@@ -294,11 +294,15 @@ impl StreamReader {
         }
         let src = self.fd.get_ref().0.as_raw_fd();
         let dst = out.as_raw_fd();
-        let mut use_splice = !self.is_pty;
-        if use_splice {
+        if !self.is_pty {
             // A larger pipe lets the process run further ahead of the copy (fewer wake-ups).
             let _ = fcntl(src, FcntlArg::F_SETPIPE_SZ(STREAM_PIPE_SIZE));
         }
+        // Not into vsock: a splice to an AF_VSOCK socket is one sendmsg, hence one vsock packet,
+        // per page (the socket has no sendpage), where a write of a large buffer is cut into
+        // 64 KiB packets. In a VM the cost per packet dominates: read/write moved 1.5x more
+        // (docs/benchmarks.md).
+        let mut use_splice = !self.is_pty && !is_vsock(dst);
         let mut peer_gone = false;
         let mut buf: Vec<u8> = Vec::new();
         let (mut pending_at, mut pending_len) = (0usize, 0usize);
@@ -450,6 +454,22 @@ const STREAM_PIPE_SIZE: i32 = 1 << 20;
 
 /// First read of a request when nothing is known to be ready (EOF or a racing writer).
 const PROBE_READ: usize = 16 << 10;
+
+/// Whether `fd` is an AF_VSOCK socket.
+fn is_vsock(fd: RawFd) -> bool {
+    // SAFETY: an all-zero sockaddr_storage is valid; getsockname fills at most `len` bytes.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the given length.
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut addr as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && addr.ss_family as libc::c_int == libc::AF_VSOCK
+}
 
 fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     // SAFETY: writing from a valid buffer of the given length.

@@ -17,9 +17,10 @@
 //! are never claimed are bounded ([`MAX_PENDING`], oldest dropped first).
 //!
 //! Once attached, the agent moves bytes between the process's pipes and the connections directly
-//! (`splice(2)` from the stdout/stderr pipes, no request per chunk). End of output is a half-close
-//! (`shutdown(SHUT_WR)`) of the connection; end of input is the host's half-close, which closes
-//! the process's stdin. WaitProcess answers only after every output stream was written out.
+//! (`splice(2)` from the stdout/stderr pipes into unix sockets, read/write into vsock ones; no
+//! request per chunk). End of output is a half-close (`shutdown(SHUT_WR)`) of the connection; end
+//! of input is the host's half-close, which closes the process's stdin. WaitProcess answers only
+//! after every output stream was written out.
 
 use std::collections::VecDeque;
 use std::io;

@@ -36,6 +36,9 @@ pub use qmp::Qmp;
 pub const GUEST_CID: u32 = 3;
 /// The agent's API port.
 pub const AGENT_PORT: u32 = 1024;
+/// The port of the agent's pass-fd stream listener when a scenario turns it on
+/// (`agent.passfd_listener_port=1027`, runtime-rs's convention).
+pub const PASSFD_PORT: u32 = 1027;
 /// Tag of the virtio-9p share (the name Kata runtimes use).
 pub const SHARE_TAG: &str = "kataShared";
 /// Where the guest's `/init` mounts the 9p share by default (outside /run, which the agent
@@ -312,6 +315,18 @@ impl Default for VmConfig {
 /// PCI slot (on the root bus) of the first hot-plug root port.
 const FIRST_PORT_SLOT: u32 = 0x10;
 
+/// vhost-device-vsock's buffer per connection for guest-to-host data, which is also the credit
+/// the guest gets (`buf_alloc`): how much a guest socket may send before the host has forwarded
+/// it. `KATA_VM_VSOCK_TX_BUFFER` overrides it (bytes).
+pub const VSOCK_TX_BUFFER_SIZE: u32 = 64 << 10;
+
+fn vsock_tx_buffer_size() -> u32 {
+    std::env::var("KATA_VM_VSOCK_TX_BUFFER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(VSOCK_TX_BUFFER_SIZE)
+}
+
 /// Kernel options of every boot: serial console, quiet, power off instead of rebooting, and a
 /// few that save time under TCG (no crypto self-tests, no i8042 probing).
 const BASE_KERNEL_PARAMS: &[&str] = &[
@@ -455,6 +470,8 @@ impl Vm {
             .arg(&vhost_socket)
             .arg("--uds-path")
             .arg(&hvsock)
+            .arg("--tx-buffer-size")
+            .arg(vsock_tx_buffer_size().to_string())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log("vhost-device-vsock.log")?)
@@ -762,11 +779,22 @@ impl Vm {
     /// A raw stream to guest vsock port `port` (hybrid-vsock handshake done), retried until
     /// `timeout` while the guest does not listen yet.
     pub fn connect_port(&mut self, port: u32, timeout: Duration) -> Result<UnixStream> {
+        self.connect_port_with_host_port(port, timeout)
+            .map(|(s, _)| s)
+    }
+
+    /// [`Vm::connect_port`], also returning the connection's host-side port (see
+    /// [`hybrid_connect_with_port`]); e.g. a pass-fd stream to [`PASSFD_PORT`].
+    pub fn connect_port_with_host_port(
+        &mut self,
+        port: u32,
+        timeout: Duration,
+    ) -> Result<(UnixStream, u32)> {
         let deadline = Instant::now() + timeout;
         self.wait_vsock_driver(timeout)?;
         loop {
             self.ensure_running()?;
-            match hybrid_connect(&self.hvsock, port) {
+            match hybrid_connect_with_port(&self.hvsock, port) {
                 Ok(s) => return Ok(s),
                 Err(e) if Instant::now() > deadline => {
                     return Err(e.context(format!("guest vsock port {port}")))
@@ -774,6 +802,27 @@ impl Vm {
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
+    }
+
+    /// A pass-fd stdio stream: a connection to the agent's pass-fd listener ([`PASSFD_PORT`],
+    /// booted with `agent.passfd_listener_port=1027`) and the host-side port that names it in
+    /// `stdin_port`/`stdout_port`/`stderr_port`. Port 0 (vhost-device-vsock's first host
+    /// connection) cannot name a stream: another connection is made then.
+    pub fn passfd_stream(&mut self, timeout: Duration) -> Result<(UnixStream, u32)> {
+        let (mut s, mut host_port) = self.connect_port_with_host_port(PASSFD_PORT, timeout)?;
+        if host_port == 0 || host_port == PASSFD_PORT {
+            (s, host_port) = self.connect_port_with_host_port(PASSFD_PORT, timeout)?;
+        }
+        if host_port == PASSFD_PORT {
+            bail!(
+                "vhost-device-vsock answers CONNECT with the guest port, not the host-side port: \
+                 rebuild it with scripts/vm/setup.sh"
+            );
+        }
+        if host_port == 0 {
+            bail!("the hybrid vsock reply names host port 0 twice");
+        }
+        Ok((s, host_port))
     }
 
     /// Listens for connections the guest opens to host port `port` (the host CID 2); they arrive
@@ -897,10 +946,18 @@ fn wait_for_socket(child: &mut ChildGuard, socket: &Path, log: &Path) -> Result<
 
 /// Connects to the hybrid-vsock socket `hvsock` and asks for guest port `port`.
 pub fn hybrid_connect(hvsock: &Path, port: u32) -> Result<UnixStream> {
+    hybrid_connect_with_port(hvsock, port).map(|(s, _)| s)
+}
+
+/// Like [`hybrid_connect`], and also returns the host-side port of the connection: the number in
+/// the `OK <port>` reply, which the guest sees as the peer port (what a pass-fd `stdout_port`
+/// etc. names).
+pub fn hybrid_connect_with_port(hvsock: &Path, port: u32) -> Result<(UnixStream, u32)> {
     let mut s = UnixStream::connect(hvsock)
         .with_context(|| format!("cannot connect to {}", hvsock.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    // One byte at a time: what follows the reply line is stream data.
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     loop {
@@ -914,11 +971,25 @@ pub fn hybrid_connect(hvsock: &Path, port: u32) -> Result<UnixStream> {
             bail!("the hybrid vsock reply is too long");
         }
     }
-    if !line.starts_with(b"OK") {
-        bail!("CONNECT {port} refused: {}", String::from_utf8_lossy(&line));
-    }
+    let host_port = parse_ok_reply(&line).with_context(|| {
+        format!(
+            "CONNECT {port} refused or not understood: {:?}",
+            String::from_utf8_lossy(&line)
+        )
+    })?;
     s.set_read_timeout(None)?;
-    Ok(s)
+    Ok((s, host_port))
+}
+
+/// The host-side port of an `OK <port>` reply line (without its newline).
+fn parse_ok_reply(line: &[u8]) -> Result<u32> {
+    let text = std::str::from_utf8(line)?.trim_end_matches('\r');
+    let rest = text
+        .strip_prefix("OK")
+        .ok_or_else(|| anyhow!("not an OK reply"))?;
+    let port = rest.trim();
+    port.parse::<u32>()
+        .map_err(|_| anyhow!("the OK reply carries no port number"))
 }
 
 /// Takes an exclusive lock on `<dir>/lock`, so that two VMs never share a run directory.
@@ -949,4 +1020,41 @@ fn path_str(p: &Path) -> Result<String> {
         bail!("{s}: QEMU option values cannot contain commas here");
     }
     Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_reply_carries_the_host_port() {
+        assert_eq!(parse_ok_reply(b"OK 1073741824").unwrap(), 1073741824);
+        assert_eq!(parse_ok_reply(b"OK 5\r").unwrap(), 5);
+        assert!(parse_ok_reply(b"OK").is_err());
+        assert!(parse_ok_reply(b"OK x").is_err());
+        assert!(parse_ok_reply(b"ERR 5").is_err());
+    }
+
+    /// A fake hybrid-vsock endpoint: the reply's port comes back, and bytes sent right after
+    /// the reply line stay in the stream.
+    #[test]
+    fn hybrid_connect_returns_the_host_port_and_keeps_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hvsock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = [0u8; 13];
+            s.read_exact(&mut req).unwrap();
+            assert_eq!(&req, b"CONNECT 1027\n");
+            s.write_all(b"OK 4242\nhello").unwrap();
+        });
+        let (mut s, host_port) = hybrid_connect_with_port(&path, PASSFD_PORT).unwrap();
+        assert_eq!(host_port, 4242);
+        let mut rest = String::new();
+        s.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "hello");
+        server.join().unwrap();
+        assert!(hybrid_connect(&path, 1).is_err(), "nobody listens any more");
+    }
 }

@@ -27,7 +27,8 @@ Options:
   --cpus N           vCPUs at boot (default 1)
   --max-cpus N       vCPUs possible (default: --cpus)
   --check-only       boot, wait for the agent's first Check, print the time and stop
-  --bench            boot, measure containers in the guest (needs --share with rootfs/), stop
+  --bench            boot, measure containers in the guest (needs --share with rootfs/), stop;
+                     boots with agent.passfd_listener_port=1027 for the pass-fd stdout figure
   -h, --help         this help
 ";
 
@@ -91,6 +92,18 @@ fn run() -> Result<()> {
         });
     }
     cfg.max_cpus = cfg.max_cpus.max(cfg.cpus);
+    if bench
+        && !cfg
+            .kernel_params
+            .iter()
+            .any(|p| p.starts_with("agent.passfd_listener_port="))
+    {
+        // The pass-fd stdout figure needs the agent's stream listener.
+        cfg.kernel_params.push(format!(
+            "agent.passfd_listener_port={}",
+            vmtest::PASSFD_PORT
+        ));
+    }
 
     eprintln!("kata-vm: preparing the image (first run: downloads and builds, a few minutes)");
     let assets = Assets::prepare()?;
@@ -113,7 +126,12 @@ fn run() -> Result<()> {
             bail!("--bench needs --share DIR (with the busybox rootfs in DIR/rootfs)");
         };
         let (client, _) = rt.block_on(vm.clients())?;
-        return rt.block_on(vmtest::bench::run(&client, &format!("{at}/rootfs"), 20));
+        return rt.block_on(vmtest::bench::run(
+            &client,
+            &mut vm,
+            &format!("{at}/rootfs"),
+            20,
+        ));
     }
     println!("  agent (hybrid vsock): {}", vm.agent_addr());
     println!("  QMP:                  {}", vm.qmp_socket.display());

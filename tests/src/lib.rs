@@ -67,6 +67,40 @@ pub fn rootfs() -> PathBuf {
         .clone()
 }
 
+/// A host directory to share with a VM: `rootfs/` in it is a copy of the busybox rootfs.
+pub fn vm_share() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("kata-vm-share-")
+        .tempdir()
+        .expect("create the share directory");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(rootfs())
+        .arg(dir.path().join("rootfs"))
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "cannot copy the busybox rootfs");
+    dir
+}
+
+/// A deterministic byte sequence covering every byte value (xorshift), for checking that streams
+/// deliver exactly what was written.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if i % 4096 < 256 {
+                (i % 4096) as u8
+            } else {
+                x as u8
+            }
+        })
+        .collect()
+}
+
 /// A running agent with its own socket and state directory.
 pub struct TestAgent {
     pub dir: tempfile::TempDir,

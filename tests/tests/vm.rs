@@ -62,23 +62,6 @@ fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
 }
 
-/// A deterministic byte sequence covering every byte value (xorshift).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if i % 4096 < 256 {
-                (i % 4096) as u8
-            } else {
-                x as u8
-            }
-        })
-        .collect()
-}
-
 /// A host directory shared with the guest: `rootfs/` is a copy of the busybox rootfs.
 struct Share {
     dir: tempfile::TempDir,
@@ -86,18 +69,9 @@ struct Share {
 
 impl Share {
     fn new() -> Share {
-        let dir = tempfile::Builder::new()
-            .prefix("kata-vm-share-")
-            .tempdir()
-            .unwrap();
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(e2e::rootfs())
-            .arg(dir.path().join("rootfs"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot copy the busybox rootfs");
-        Share { dir }
+        Share {
+            dir: e2e::vm_share(),
+        }
     }
 
     fn path(&self) -> &Path {
@@ -496,7 +470,7 @@ fn vm_init_api_containers_cgroup_v1() {
 
         // --- byte-exact I/O: 1 MiB of all byte values through cat's stdin and stdout
         create_and_start(&c, "cat", spec(&rootfs, &["cat"], |_| {})).await;
-        let data = pattern(1 << 20, 7);
+        let data = e2e::pattern(1 << 20, 7);
         let writer = feed_stdin(&c, "cat", "cat", data.clone());
         let echoed = read_all(&c, "cat", "cat", false).await;
         writer.await.unwrap();
@@ -524,7 +498,7 @@ fn vm_init_api_containers_cgroup_v1() {
 
         // The 9p share both ways: a host file read in the container, a container file read on
         // the host, byte for byte.
-        let blob = pattern(300_000, 11);
+        let blob = e2e::pattern(300_000, 11);
         std::fs::write(share.path().join("rootfs/from-host.bin"), &blob).unwrap();
         let (status, out, _) = exec(&c, "probe", "read-share", &["cat", "/from-host.bin"]).await;
         assert_eq!(status, 0);
@@ -903,7 +877,7 @@ fn vm_hotplug_disk_nic_cpu() {
     let share = Share::new();
     // Served by virtiofsd with the same tag as the 9p share (tags are per file system type).
     let vfs_share = Share::new();
-    let vfs_in = pattern(300_000, 13);
+    let vfs_in = e2e::pattern(300_000, 13);
     std::fs::write(vfs_share.path().join("rootfs/from-host.bin"), &vfs_in).unwrap();
     let rt = rt();
     let cfg = VmConfig {
@@ -942,7 +916,7 @@ fn vm_hotplug_disk_nic_cpu() {
     };
     let missing_path = format!("{}/00", vm.hotplug_port(2).0);
     let disk_dir = tempfile::tempdir().unwrap();
-    let disk_marker = pattern(5000, 3);
+    let disk_marker = e2e::pattern(5000, 3);
     let img = ext4_image(disk_dir.path(), &disk_marker);
 
     rt.block_on(async {
@@ -1072,7 +1046,7 @@ fn vm_hotplug_disk_nic_cpu() {
         let mut sreq = StartContainerRequest::new();
         sreq.container_id = "vfs".into();
         c.start_container(ctx(), &sreq).await.unwrap();
-        let vfs_data = pattern(1 << 20, 17);
+        let vfs_data = e2e::pattern(1 << 20, 17);
         let writer = feed_stdin(&c, "vfs", "vfs", vfs_data.clone());
         let out = read_all(&c, "vfs", "vfs", false).await;
         writer.await.unwrap();

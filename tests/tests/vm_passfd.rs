@@ -36,23 +36,6 @@ fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64)
 }
 
-/// A deterministic byte sequence covering every byte value (xorshift).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if i % 4096 < 256 {
-                (i % 4096) as u8
-            } else {
-                x as u8
-            }
-        })
-        .collect()
-}
-
 /// What `seq 1 n` prints.
 fn seq(n: u32) -> Vec<u8> {
     (1..=n)
@@ -170,17 +153,7 @@ fn vm_passfd_streams_over_hybrid_vsock() {
             vmtest::SKIP_ENV
         )
     });
-    let share = tempfile::Builder::new()
-        .prefix("kata-vm-share-")
-        .tempdir()
-        .unwrap();
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(e2e::rootfs())
-        .arg(share.path().join("rootfs"))
-        .status()
-        .unwrap();
-    assert!(cp.success(), "cannot copy the busybox rootfs");
+    let share = e2e::vm_share();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -216,7 +189,7 @@ fn vm_passfd_streams_over_hybrid_vsock() {
     // 1. A container's init with all three streams: 4 MiB of every byte value through `cat`
     //    and back; stderr (written only after stdin's end reached `cat`) on its own stream.
     {
-        let input = pattern(4 << 20, 11);
+        let input = e2e::pattern(4 << 20, 11);
         let (i, ip) = stream(&mut vm);
         let (o, op) = stream(&mut vm);
         let (e, ep) = stream(&mut vm);
@@ -262,7 +235,7 @@ fn vm_passfd_streams_over_hybrid_vsock() {
 
     // 2. An exec with all three streams: 3 MiB stdin → stdout, then stderr, exit 7.
     {
-        let input = pattern(3 << 20, 5);
+        let input = e2e::pattern(3 << 20, 5);
         let (i, ip) = stream(&mut vm);
         let (o, op) = stream(&mut vm);
         let (e, ep) = stream(&mut vm);

@@ -123,17 +123,7 @@ fn vm_thousands_of_execs_leave_no_descriptor_behind() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let share = tempfile::Builder::new()
-        .prefix("kata-vm-share-")
-        .tempdir()
-        .unwrap();
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(e2e::rootfs())
-        .arg(share.path().join("rootfs"))
-        .status()
-        .unwrap();
-    assert!(cp.success(), "cannot copy the busybox rootfs");
+    let share = e2e::vm_share();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -109,15 +109,18 @@ async fn stdout_rpc(c: &AgentServiceClient, rootfs: &str, id: &str, len: u32) ->
         }
     }
     let took = t.elapsed();
+    finish_stream(c, id, total, "of stdout").await?;
+    Ok(took)
+}
+
+/// Waits for and removes a streaming container, then checks that all its output arrived.
+async fn finish_stream(c: &AgentServiceClient, id: &str, total: u64, what: &str) -> Result<()> {
     wait(c, id, "").await?;
     remove(c, id).await?;
     if total != STREAM_MIB << 20 {
-        bail!(
-            "read {total} bytes of stdout, expected {}",
-            STREAM_MIB << 20
-        );
+        bail!("read {total} bytes {what}, expected {}", STREAM_MIB << 20);
     }
-    Ok(took)
+    Ok(())
 }
 
 /// One container's stdout through a pass-fd stream: the time from StartContainer to the end of
@@ -160,14 +163,7 @@ async fn stdout_passfd(
         .map_err(|_| anyhow::anyhow!("the stream reader panicked"))?
         .context("reading the pass-fd stream")?;
     let took = end - t;
-    wait(c, id, "").await?;
-    remove(c, id).await?;
-    if total != STREAM_MIB << 20 {
-        bail!(
-            "read {total} bytes from the pass-fd stream, expected {}",
-            STREAM_MIB << 20
-        );
-    }
+    finish_stream(c, id, total, "from the pass-fd stream").await?;
     Ok(took)
 }
 

@@ -332,6 +332,21 @@ fn request_names() {
 fn hoisted_constants_and_regex_builtin_decide_as_the_plain_policy() {
     use std::num::{NonZeroU32, NonZeroUsize};
     let text = rules_with_data();
+    // The comparison below is only worth something if policy_data was in fact hoisted.
+    let hoisted = super::hoist::hoist(&text);
+    assert!(
+        hoisted
+            .data
+            .as_ref()
+            .is_some_and(
+                |d| d[super::hoist::DATA_ROOT]["agent_policy"]["policy_data"]["containers"]
+                    != regorus::Value::Undefined
+            ),
+        "policy_data was not hoisted"
+    );
+    assert!(hoisted
+        .text
+        .contains("policy_data := data.kata_agent_constants."));
     let loaded = LoadedPolicy::parse("rules.rego", &text).unwrap();
 
     let mut plain = regorus::Engine::new();

@@ -248,8 +248,8 @@ impl StreamReader {
             }
             if exited_done {
                 // The process is gone and the stream is empty: give late bytes a short window.
-                match tokio::time::timeout(DRAIN_AFTER_EXIT, self.fd.readable()).await {
-                    Ok(Ok(mut guard)) => guard.clear_ready(),
+                match tokio::time::timeout(DRAIN_AFTER_EXIT, self.wait_readable()).await {
+                    Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(AgentError::internal(e.to_string())),
                     Err(_) => {
                         state.eof = true;
@@ -259,10 +259,9 @@ impl StreamReader {
                 continue;
             }
             tokio::select! {
-                ready = self.fd.readable() => match ready {
-                    Ok(mut guard) => guard.clear_ready(),
-                    Err(e) => return Err(AgentError::internal(e.to_string())),
-                },
+                ready = self.wait_readable() => {
+                    ready.map_err(|e| AgentError::internal(e.to_string()))?;
+                }
                 _ = &mut exited => exited_done = true,
             }
         }
@@ -390,17 +389,25 @@ impl StreamReader {
                     // cleared only when the socket is really full now (a stale clear would lose
                     // the wake-up of a socket that drained in between).
                     let mut g = out.writable().await?;
-                    if !poll_fd(dst, libc::POLLOUT) {
+                    let now = revents(dst, libc::POLLOUT);
+                    if now & libc::POLLOUT == 0 {
+                        let hung_up = g.ready().is_write_closed();
                         g.clear_ready();
+                        if hung_up {
+                            // The peer is gone for good if it still says so; else the hang-up
+                            // is stale and readiness cannot be waited for.
+                            if now & (libc::POLLHUP | libc::POLLERR) != 0 {
+                                peer_gone = true;
+                            } else {
+                                drop(g);
+                                tokio::time::sleep(STALE_HANGUP_PAUSE).await;
+                            }
+                        }
                     }
                 }
                 Some(false) if exited_done => {
-                    match tokio::time::timeout(DRAIN_AFTER_EXIT, self.fd.readable()).await {
-                        Ok(Ok(mut g)) => {
-                            if !poll_in(src) {
-                                g.clear_ready();
-                            }
-                        }
+                    match tokio::time::timeout(DRAIN_AFTER_EXIT, self.wait_readable()).await {
+                        Ok(Ok(())) => {}
                         Ok(Err(e)) => return Err(e),
                         Err(_) => {
                             state.eof = true;
@@ -410,17 +417,30 @@ impl StreamReader {
                 }
                 Some(false) => {
                     tokio::select! {
-                        ready = self.fd.readable() => {
-                            let mut g = ready?;
-                            if !poll_in(src) {
-                                g.clear_ready();
-                            }
-                        }
+                        ready = self.wait_readable() => ready?,
                         _ = &mut exited => exited_done = true,
                     }
                 }
             }
         }
+    }
+
+    /// After a read found the stream empty: waits until it may have more. Readiness is cleared
+    /// only when the stream is really empty now (a stale clear would lose the wake-up of bytes
+    /// that arrived in between); a hang-up that tokio keeps from earlier is not waited on (see
+    /// [`STALE_HANGUP_PAUSE`]).
+    async fn wait_readable(&self) -> io::Result<()> {
+        let src = self.fd.get_ref().0.as_raw_fd();
+        let mut g = self.fd.readable().await?;
+        if !poll_in(src) {
+            let hung_up = g.ready().is_read_closed();
+            g.clear_ready();
+            drop(g);
+            if hung_up {
+                tokio::time::sleep(STALE_HANGUP_PAUSE).await;
+            }
+        }
+        Ok(())
     }
 
     /// Non-blocking reads into `buf` until it is full or the stream has nothing more right now.
@@ -488,6 +508,11 @@ fn poll_in(fd: RawFd) -> bool {
 
 /// Whether `fd` has `events` (or an error/hang-up, which the next operation reports) right now.
 fn poll_fd(fd: RawFd, events: libc::c_short) -> bool {
+    revents(fd, events) & (events | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// What `fd` reports right now for `events` (plus hang-up and error), without waiting.
+fn revents(fd: RawFd, events: libc::c_short) -> libc::c_short {
     let mut pfd = libc::pollfd {
         fd,
         events,
@@ -495,8 +520,20 @@ fn poll_fd(fd: RawFd, events: libc::c_short) -> bool {
     };
     // SAFETY: one valid pollfd, no waiting.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (events | libc::POLLHUP | libc::POLLERR) != 0
+    if n > 0 {
+        pfd.revents
+    } else {
+        0
+    }
 }
+
+/// Tokio keeps a hang-up it has seen on a descriptor for good (it never clears the closed part of
+/// a readiness), so a readiness that carried one is set from then on. A pty master sees a
+/// hang-up whenever the last descriptor of its slave closes, yet writes to it still block once
+/// its buffer is full, and the slave can be opened again. When a read or write would block
+/// although the readiness carried a hang-up, waiting for readiness would return at once, for
+/// ever, and the loop would never yield: it polls again after this pause instead.
+const STALE_HANGUP_PAUSE: Duration = Duration::from_millis(10);
 
 /// The agent's write end of stdin (a pipe or the pty master).
 pub struct StreamWriter {
@@ -564,6 +601,8 @@ impl StreamWriter {
                 .writable()
                 .await
                 .map_err(|e| AgentError::internal(format!("cannot write stdin: {e}")))?;
+            // Taken now: a write that would block clears the guard's readiness.
+            let hung_up = guard.ready().is_write_closed();
             match guard.try_io(|inner| {
                 nix::unistd::write(inner.get_ref().0.as_fd(), &data[done..])
                     .map_err(io::Error::from)
@@ -571,6 +610,20 @@ impl StreamWriter {
                 Ok(Ok(n)) => done += n,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Err(AgentError::internal(format!("cannot write stdin: {e}"))),
+                Err(_would_block) if hung_up => {
+                    // A hung-up pty master (its process and every other holder of the slave
+                    // are gone) takes a few KiB and then blocks for ever: nothing will read more.
+                    drop(guard);
+                    let now = revents(self.fd.get_ref().0.as_raw_fd(), libc::POLLOUT);
+                    if now & libc::POLLOUT == 0 {
+                        if now & (libc::POLLHUP | libc::POLLERR) != 0 {
+                            return Err(AgentError::internal(
+                                "cannot write stdin: the terminal of the process is closed",
+                            ));
+                        }
+                        tokio::time::sleep(STALE_HANGUP_PAUSE).await;
+                    }
+                }
                 Err(_would_block) => {}
             }
         }
@@ -610,183 +663,4 @@ pub fn dev_null() -> io::Result<OwnedFd> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::future::pending;
-
-    #[tokio::test]
-    async fn pipe_round_trip_and_eof() {
-        let (parent, child) = create_stdio(false, 0).unwrap();
-        let out_w = child.stdout.unwrap();
-        nix::unistd::write(&out_w, b"hello").unwrap();
-        let reader = parent.stdout.unwrap();
-        let data = reader.read(1024, pending()).await.unwrap();
-        assert_eq!(data, b"hello");
-        drop(out_w);
-        assert!(reader.read(1024, pending()).await.unwrap().is_empty());
-        assert!(reader.at_eof().await);
-    }
-
-    #[tokio::test]
-    async fn exited_process_with_lingering_writer_reaches_eof_after_drain() {
-        let (parent, child) = create_stdio(false, 0).unwrap();
-        let out_w = child.stdout.unwrap();
-        nix::unistd::write(&out_w, b"last words").unwrap();
-        let reader = parent.stdout.unwrap();
-        // The writer is still open (a daemon holds it) but the process has exited.
-        let data = reader.read(4, std::future::ready(())).await.unwrap();
-        assert_eq!(data, b"last");
-        let data = reader.read(100, std::future::ready(())).await.unwrap();
-        assert_eq!(data, b" words");
-        assert!(reader
-            .read(100, std::future::ready(()))
-            .await
-            .unwrap()
-            .is_empty());
-        drop(out_w);
-    }
-
-    #[tokio::test]
-    async fn stdin_writer_delivers_more_than_a_pipe_buffer() {
-        let (parent, child) = create_stdio(false, 0).unwrap();
-        let stdin_r = child.stdin.unwrap();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let expected = data.clone();
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 8192];
-            loop {
-                let n = nix::unistd::read(stdin_r.as_raw_fd(), &mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
-            got
-        });
-        let writer = parent.stdin.unwrap();
-        writer.write_all(&data).await.unwrap();
-        drop(writer);
-        drop(parent.stdout);
-        assert_eq!(reader.join().unwrap(), expected);
-    }
-
-    #[tokio::test]
-    async fn copy_to_moves_everything_then_ends() {
-        use std::io::Read;
-        let (parent, child) = create_stdio(false, 0).unwrap();
-        let out_w = child.stdout.unwrap();
-        let data: Vec<u8> = (0..500_000u32).map(|i| (i % 253) as u8).collect();
-        let expected = data.clone();
-        let writer = std::thread::spawn(move || {
-            let mut done = 0;
-            while done < data.len() {
-                done += nix::unistd::write(&out_w, &data[done..]).unwrap();
-            }
-            // out_w dropped here: end of stream.
-        });
-        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        // SAFETY: the AsyncFd owns the socket for as long as it is registered.
-        let sock = unsafe { AsyncFd::register(OwnedFd::from(ours)) }
-            .map_err(|e| e.into_parts().1)
-            .unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            theirs.read_to_end(&mut got).unwrap();
-            got
-        });
-        let stdout = parent.stdout.unwrap();
-        let n = stdout.copy_to(&sock, pending()).await.unwrap();
-        assert_eq!(n, expected.len() as u64);
-        assert!(stdout.at_eof().await);
-        drop(sock);
-        writer.join().unwrap();
-        assert!(reader.join().unwrap() == expected);
-    }
-
-    #[tokio::test]
-    async fn copy_to_drains_when_the_peer_is_gone() {
-        let (parent, child) = create_stdio(false, 0).unwrap();
-        let out_w = child.stdout.unwrap();
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        drop(theirs);
-        ours.set_nonblocking(true).unwrap();
-        // SAFETY: the AsyncFd owns the socket for as long as it is registered.
-        let sock = unsafe { AsyncFd::register(OwnedFd::from(ours)) }
-            .map_err(|e| e.into_parts().1)
-            .unwrap();
-        // More than a pipe holds: the writer only finishes if the copy keeps draining.
-        let writer = std::thread::spawn(move || {
-            let chunk = [7u8; 65536];
-            for _ in 0..32 {
-                nix::unistd::write(&out_w, &chunk).unwrap();
-            }
-        });
-        let stdout = parent.stdout.unwrap();
-        stdout.copy_to(&sock, pending()).await.unwrap();
-        writer.join().unwrap();
-    }
-
-    #[tokio::test]
-    async fn pipe_size_is_applied() {
-        let (parent, _child) = create_stdio(false, 1 << 20).unwrap();
-        let stdout = parent.stdout.unwrap();
-        let fd = stdout.fd.get_ref().0.as_raw_fd();
-        let size = fcntl(fd, FcntlArg::F_GETPIPE_SZ).unwrap();
-        assert_eq!(size, 1 << 20);
-    }
-
-    #[tokio::test]
-    async fn pty_reads_and_resizes() {
-        let (empty, child) = create_stdio(true, 0).unwrap();
-        assert!(empty.stdin.is_none() && empty.pty.is_none());
-        assert!(child.stdin.is_none() && child.stdout.is_none() && child.stderr.is_none());
-        let pty = nix::pty::openpty(None, None).unwrap();
-        let parent = attach_console(empty, Some(pty.master)).unwrap();
-        let slave = pty.slave;
-        nix::unistd::write(&slave, b"tty!").unwrap();
-        let data = parent
-            .stdout
-            .as_ref()
-            .unwrap()
-            .read(64, pending())
-            .await
-            .unwrap();
-        assert!(String::from_utf8_lossy(&data).contains("tty!"));
-        resize_pty(parent.pty.as_ref().unwrap(), 40, 120).unwrap();
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        // SAFETY: TIOCGWINSZ writes a winsize through the valid pointer.
-        assert_eq!(
-            unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) },
-            0
-        );
-        assert_eq!((ws.ws_row, ws.ws_col), (40, 120));
-        drop(slave);
-        assert!(parent
-            .stdout
-            .unwrap()
-            .read(64, pending())
-            .await
-            .unwrap()
-            .is_empty());
-    }
-
-    #[tokio::test]
-    async fn queued_stdin_is_bounded() {
-        let (parent, child) = create_stdio(false, 0).unwrap();
-        let writer = parent.stdin.unwrap();
-        // Nobody reads: the first write fills the pipe and waits.
-        let big = vec![b'x'; MAX_QUEUED_STDIN - 1000];
-        let w = writer.clone();
-        let pending_write = tokio::spawn(async move { w.write_all(&big).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let e = writer.write_all(&[b'y'; 2000]).await.unwrap_err();
-        assert_eq!(e.code, ttrpc::Code::RESOURCE_EXHAUSTED, "{e}");
-        // A cancelled write gives its share back.
-        pending_write.abort();
-        let _ = pending_write.await;
-        assert_eq!(*writer.queued.lock().unwrap(), (0, 0));
-        drop(child);
-    }
-}
+mod tests;

@@ -228,6 +228,7 @@ async fn run_round(
         let generator = generator.clone();
         let methods = methods.to_vec();
         let socket = target.socket.clone();
+        let agent_pid = target.pid();
         let report = report.clone();
         let cfg = cfg.clone();
         tasks.push(tokio::spawn(async move {
@@ -256,6 +257,10 @@ async fn run_round(
                     .unwrap()
                     .call(SERVICE, &name, payload, cfg.deadline, cfg.grace)
                     .await;
+                let threads = match out {
+                    Outcome::Hang => Target::thread_states(agent_pid),
+                    _ => String::new(),
+                };
                 let mut r = report.lock().unwrap();
                 r.requests += 1;
                 *r.outcomes
@@ -265,8 +270,10 @@ async fn run_round(
                     .or_default() += 1;
                 match out {
                     Outcome::Hang => {
-                        r.hangs
-                            .push(format!("{name} (seed {seed:#x}, worker {w}, case {case})"));
+                        r.hangs.push(format!(
+                            "{name} (seed {seed:#x}, worker {w}, case {case}); agent threads: {}",
+                            threads
+                        ));
                         conn = None;
                     }
                     Outcome::Closed(_) => conn = None,

@@ -77,7 +77,10 @@ impl Target {
             .env("KATA_AGENT_RESOLV_CONF", dir.join("resolv.conf"))
             .env("KATA_AGENT_CMDLINE", dir.join("cmdline"))
             .env("KATA_AGENT_SYSFS", &sysfs)
-            .env("KATA_AGENT_LOG_LEVEL", "info")
+            .env(
+                "KATA_AGENT_LOG_LEVEL",
+                std::env::var("KATA_FUZZ_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);
@@ -171,6 +174,40 @@ impl Target {
         })
     }
 
+    /// What each of the agent's threads is doing (`name: state wchan`), for a hang's report: a
+    /// thread asleep in the kernel names the wait it is in.
+    pub fn thread_states(pid: i32) -> String {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return String::new();
+        };
+        let mut out = Vec::new();
+        for t in tasks.flatten() {
+            let dir = t.path();
+            let read = |f: &str| {
+                std::fs::read_to_string(dir.join(f))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            let state = read("stat")
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string))
+                .unwrap_or_default();
+            let syscall = read("syscall")
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            out.push(format!(
+                "{}: {state} {} (syscall {syscall})",
+                read("comm"),
+                read("wchan")
+            ));
+        }
+        out.sort();
+        out.join("; ")
+    }
+
     /// SIGTERM, then the exit status (SIGKILL after 20 s).
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
@@ -194,7 +231,10 @@ impl Target {
 impl Drop for Target {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // KATA_FUZZ_KEEP=1 keeps the agent's directory (its log) for a look afterwards.
+        if std::env::var_os("KATA_FUZZ_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

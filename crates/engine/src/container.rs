@@ -321,7 +321,16 @@ impl Container {
             &cfg.init_exe,
             &cfg.init_args,
             &setup,
-            stdio,
+            spawn::SpawnIo {
+                stdio,
+                // Born as pid 1 of the container's new pid namespace, the setup process needs
+                // no fork; a user namespace must own the pid namespace, so it is made after it.
+                pid_ns: if setup.creates(LinuxNamespaceType::Pid) && !setup.in_userns() {
+                    spawn::PidNs::New
+                } else {
+                    spawn::PidNs::Same
+                },
+            },
             &cg,
             spec,
             bundle,

@@ -28,6 +28,9 @@ pub enum ToParent {
     NeedIdMaps,
     /// The container process was forked; its pid in the engine's pid namespace.
     Pid(i32),
+    /// No fork was needed (the setup process was born in the pid namespace the container
+    /// process belongs in): the setup process goes on as the container process.
+    NoFork,
     /// Rootfs is mounted, not yet pivoted: run prestart and createRuntime hooks.
     RunHooks,
     /// Setup is complete; the process is about to wait for start (init) or exec.

@@ -3,7 +3,8 @@
 //! [`run`] is entered in a fresh, single-threaded process whose fd 3 is the
 //! sync socket to the engine. It receives the [`Setup`], joins and creates
 //! namespaces, forks the container process (so that a new pid namespace
-//! applies to it) and exits; the container process finishes the setup, tells
+//! applies to it; not needed when the engine started this process in the
+//! container's pid namespace already) and exits; the container process finishes the setup, tells
 //! the engine it is ready and then waits for start (init) or execs at once.
 //! See `docs/engine.md` for the order of the steps.
 
@@ -118,8 +119,9 @@ fn same_ns(fd: &File, t: LinuxNamespaceType) -> bool {
     }
 }
 
-/// Intermediate process: limits, namespaces, fork. Returns `None` in the
-/// intermediate (which then exits) and the cgroup dirs in the container process.
+/// Intermediate process: limits, namespaces, fork (only when the pid namespace of its children
+/// changed). Returns `None` in the intermediate (which then exits) and the cgroup dirs in the
+/// container process.
 fn stage1(sock: &mut UnixStream, setup: &Setup) -> Result<Option<Vec<rootfs::CgroupDir>>> {
     let p = &setup.process;
     if let Some(adj) = p.oom_score_adj() {
@@ -173,6 +175,9 @@ fn stage1(sock: &mut UnixStream, setup: &Setup) -> Result<Option<Vec<rootfs::Cgr
         LinuxNamespaceType::Mount,
     ];
     let mut userns = false;
+    // Whether this process changed a namespace that applies to its children only (pid, time):
+    // then only a child of it is where the container process belongs.
+    let mut for_children = false;
     for t in order {
         if t == LinuxNamespaceType::User && setup.creates(t) {
             nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
@@ -188,6 +193,7 @@ fn stage1(sock: &mut UnixStream, setup: &Setup) -> Result<Option<Vec<rootfs::Cgr
             nix::sched::setns(f, ns_flag(*typ))
                 .with_context(|| format!("cannot join the {} namespace", ns_file(*typ)))?;
             userns |= *typ == LinuxNamespaceType::User;
+            for_children |= matches!(*typ, LinuxNamespaceType::Pid | LinuxNamespaceType::Time);
         }
         if userns && t == LinuxNamespaceType::User {
             // Become root of the user namespace (needs uid/gid 0 to be mapped).
@@ -203,8 +209,21 @@ fn stage1(sock: &mut UnixStream, setup: &Setup) -> Result<Option<Vec<rootfs::Cgr
             flags |= ns_flag(ns.typ);
         }
     }
+    // Pid 1 already: the engine started this process in a new pid namespace of its own (only it
+    // can have, as it is this process's parent in an older one).
+    if nix::unistd::getpid().as_raw() == 1 {
+        flags.remove(CloneFlags::CLONE_NEWPID);
+    }
     if !flags.is_empty() {
         nix::sched::unshare(flags).context("cannot create the namespaces")?;
+    }
+    for_children |=
+        flags.contains(CloneFlags::CLONE_NEWPID) || setup.creates(LinuxNamespaceType::Time);
+    if !for_children {
+        // Already in the container's pid namespace (the engine started this process there, or
+        // the container has none of its own): this process becomes the container process.
+        send(sock, &ToParent::NoFork)?;
+        return Ok(Some(cgroups));
     }
     // SAFETY: this process is single-threaded (a fresh exec that started no threads).
     match unsafe { nix::unistd::fork() } {

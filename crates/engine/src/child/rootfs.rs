@@ -533,8 +533,7 @@ fn create_devices(rootfd: i32, devices: &[LinuxDevice], userns: bool) -> Result<
     }
     for (target, name) in links {
         if !exists_at(&dev, name) {
-            nix::unistd::symlinkat(target, Some(dev.as_raw_fd()), name)
-                .with_context(|| format!("cannot create the symlink /dev/{name}"))?;
+            symlink_at(&dev, target, name)?;
         }
     }
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -610,16 +609,31 @@ fn create_devices(rootfd: i32, devices: &[LinuxDevice], userns: bool) -> Result<
     })();
     nix::sys::stat::umask(old);
     res?;
-    if exists_at(&dev, "ptmx") {
+    if exists_at(&dev, "ptmx") && !is_symlink_to(&dev, "ptmx", "pts/ptmx") {
         let _ = nix::unistd::unlinkat(
             Some(dev.as_raw_fd()),
             "ptmx",
             nix::unistd::UnlinkatFlags::NoRemoveDir,
         );
     }
-    nix::unistd::symlinkat("pts/ptmx", Some(dev.as_raw_fd()), "ptmx")
-        .context("cannot create the symlink /dev/ptmx")?;
+    if !exists_at(&dev, "ptmx") {
+        symlink_at(&dev, "pts/ptmx", "ptmx")?;
+    }
     Ok(())
+}
+
+fn is_symlink_to(dir: &OwnedFd, name: &str, target: &str) -> bool {
+    nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name).is_ok_and(|t| t == target)
+}
+
+/// Creates the symlink `name` -> `target` in `dir`. Without a `/dev` mount of its own, a
+/// container's `/dev` is the image's directory, which containers set up at the same time share:
+/// the same link made by another one in between is kept.
+fn symlink_at(dir: &OwnedFd, target: &str, name: &str) -> Result<()> {
+    match nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), name) {
+        Err(nix::errno::Errno::EEXIST) if is_symlink_to(dir, name, target) => Ok(()),
+        r => r.with_context(|| format!("cannot create the symlink /dev/{name}")),
+    }
 }
 
 /// Makes `rootfs` the root of this mount namespace.

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Hook, Spec};
+use oci_spec::runtime::{Hook, LinuxNamespaceType, Spec};
 
 use super::vspawn;
 use super::{cgroup_err, hooks_of, kill, other, CONSOLE_WAIT, ROLLBACK_WAIT, SETUP_TIMEOUT};
@@ -51,11 +51,23 @@ impl ExecPlan {
     /// Sets the process up and returns once it is about to exec. `cancel` abandons the set-up
     /// (its processes are killed and the call fails).
     pub fn spawn(self, stdio: Stdio, cancel: &Cancel) -> Result<(i32, ExitWatch, Option<OwnedFd>)> {
+        // The container's pid namespace: the setup process is started in it, so it becomes the
+        // container process itself (no fork, one process image fewer per exec).
+        let pid_ns = match self
+            .setup
+            .namespaces
+            .iter()
+            .position(|n| n.typ == LinuxNamespaceType::Pid)
+            .and_then(|i| self._pinned.get(i))
+        {
+            Some(f) => PidNs::Join(f),
+            None => PidNs::Same,
+        };
         spawn(
             &self.exe,
             &self.args,
             &self.setup,
-            stdio,
+            SpawnIo { stdio, pid_ns },
             &self.cgroup,
             &self.setup.spec,
             &self.bundle,
@@ -64,16 +76,75 @@ impl ExecPlan {
     }
 }
 
+/// What the setup process is started with besides its program.
+pub(super) struct SpawnIo<'a> {
+    /// The container's stdio.
+    pub(super) stdio: Stdio,
+    /// The pid namespace it is born in.
+    pub(super) pid_ns: PidNs<'a>,
+}
+
+/// Where the setup process is born. Born where the container process belongs, it becomes the
+/// container process itself instead of forking it (one process image fewer per container).
+pub(super) enum PidNs<'a> {
+    /// The agent's (the setup process forks if the container needs another).
+    Same,
+    /// An existing one (an exec into a container).
+    Join(&'a File),
+    /// A new one, with the setup process as its pid 1 (a container with a pid namespace of its
+    /// own and no user namespace, which would have to own it).
+    New,
+}
+
+/// Runs `spawn` on a thread of its own that first changes the pid namespace of its children
+/// (`setns`/`unshare` with `CLONE_NEWPID` change only where the caller's future children are
+/// born), so that the process it starts is born there. The thread ends with the spawn, so no
+/// agent thread is left starting processes there; its child is then the agent's like any other.
+fn in_pid_ns<T: Send>(
+    ns: &PidNs<'_>,
+    spawn: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
+    let enter = || match ns {
+        PidNs::Same => Ok(()),
+        PidNs::Join(f) => nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| {
+            std::io::Error::other(format!("cannot enter the container's pid namespace: {e}"))
+        }),
+        PidNs::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| {
+            std::io::Error::other(format!("cannot create the container's pid namespace: {e}"))
+        }),
+    };
+    if matches!(ns, PidNs::Same) {
+        return spawn();
+    }
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("spawn-in-pidns".into())
+            .spawn_scoped(s, || {
+                enter()?;
+                spawn().map_err(|e| match e.raw_os_error() {
+                    // clone(2) into a pid namespace whose init is gone.
+                    Some(libc::ENOMEM) => std::io::Error::other(
+                        "the container's pid namespace has no init process any more",
+                    ),
+                    _ => e,
+                })
+            })?
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the spawning thread panicked")))
+    })
+}
+
 /// Starts the setup process from `sealed`: the container's stdio on 0-2 (`/dev/null` where a
 /// stream is not given), the sync socket on 3, the console socket (if any) on
 /// [`crate::console::CONSOLE_FD`]. Returns its pid, already watched by the reaper.
 fn spawn_setup(
     sealed: &Path,
     args: &[String],
-    stdio: Stdio,
+    io: SpawnIo<'_>,
     sync_fd: RawFd,
     console_fd: Option<RawFd>,
 ) -> std::io::Result<(i32, ExitWatch)> {
+    let SpawnIo { stdio, pid_ns } = io;
     let null = match (&stdio.stdin, &stdio.stdout, &stdio.stderr) {
         (Some(_), Some(_), Some(_)) => None,
         _ => Some(OwnedFd::from(
@@ -105,7 +176,7 @@ fn spawn_setup(
     }
     // Registered with the reaper under its lock, so an immediate exit is not reaped unwatched.
     let _g = reaper::guard();
-    let pid = vspawn::spawn(sealed, args, &env, &fds)?;
+    let pid = in_pid_ns(&pid_ns, || vspawn::spawn(sealed, args, &env, &fds))?;
     Ok((pid, reaper::watch_new(pid)))
 }
 
@@ -135,7 +206,7 @@ pub(super) fn spawn(
     exe: &Path,
     args: &[String],
     setup: &Setup,
-    stdio: Stdio,
+    io: SpawnIo<'_>,
     cgroup: &Cgroup,
     spec: &Spec,
     bundle: &Path,
@@ -173,7 +244,7 @@ pub(super) fn spawn(
         }
     }
     let console_child_fd = console.as_ref().map(|c| c.1);
-    let spawned = spawn_setup(&sealed, args, stdio, child_fd, console_child_fd);
+    let spawned = spawn_setup(&sealed, args, io, child_fd, console_child_fd);
     // SAFETY: child_fd is our duplicate, used by nobody else.
     unsafe { libc::close(child_fd) };
     let console = console.map(|(ours, theirs)| {
@@ -188,7 +259,7 @@ pub(super) fn spawn(
     let mut grandchild: Option<(i32, ExitWatch)> = None;
     let result = drive(
         &mut parent,
-        mid_pid,
+        (mid_pid, &mid_exit),
         setup,
         cgroup,
         spec,
@@ -210,6 +281,11 @@ pub(super) fn spawn(
     };
     match result {
         Ok(master) => match grandchild {
+            // No fork: the setup process is the container process.
+            Some(g) if g.0 == mid_pid => {
+                cancel.untrack(mid_pid);
+                Ok((g.0, g.1, master))
+            }
             Some(g) => {
                 cancel.untrack(mid_pid);
                 cancel.untrack(g.0);
@@ -228,13 +304,13 @@ pub(super) fn spawn(
         },
         Err(e) => {
             let _ = kill(mid_pid, libc::SIGKILL);
-            if let Some((pid, exit)) = &grandchild {
+            if let Some((pid, exit)) = grandchild.as_ref().filter(|g| g.0 != mid_pid) {
                 let _ = kill(*pid, libc::SIGKILL);
                 let _ = exit.wait_timeout(ROLLBACK_WAIT);
             }
             let _ = mid_exit.wait_timeout(ROLLBACK_WAIT);
             cancel.untrack(mid_pid);
-            if let Some((pid, _)) = &grandchild {
+            if let Some((pid, _)) = grandchild.as_ref().filter(|g| g.0 != mid_pid) {
                 cancel.untrack(*pid);
             }
             Err(e)
@@ -245,7 +321,7 @@ pub(super) fn spawn(
 #[allow(clippy::too_many_arguments)]
 fn drive(
     sock: &mut UnixStream,
-    mid_pid: i32,
+    (mid_pid, mid_exit): (i32, &ExitWatch),
     setup: &Setup,
     cgroup: &Cgroup,
     spec: &Spec,
@@ -283,6 +359,10 @@ fn drive(
                 if !cancel.track(&watch) {
                     return Err(cancel.error());
                 }
+                send(sock, &ToChild::Ok).map_err(other)?;
+            }
+            Some(ToParent::NoFork) => {
+                *grandchild = Some((mid_pid, mid_exit.clone()));
                 send(sock, &ToChild::Ok).map_err(other)?;
             }
             Some(ToParent::RunHooks) => {

@@ -269,25 +269,6 @@ impl Container {
                 "The spec has no root section.".into(),
             ));
         }
-        if let Ok(json) = serde_json::to_vec_pretty(&*spec) {
-            // Never through a symlink planted in the bundle.
-            let _ = crate::fsutil::write_file_nofollow(
-                &bundle.join("config.json"),
-                &json,
-                0o600,
-                false,
-            );
-        }
-
-        let resources = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().clone())
-            .unwrap_or_default();
-        let cg = Cgroup::create(&cfg.cgroups, &cgroup_path(spec, id), Some(&resources))
-            .map_err(cgroup_err)?;
-        undo.cgroup = Some(cg.clone());
-
         let process = spec
             .process()
             .clone()
@@ -317,7 +298,29 @@ impl Container {
             namespaces,
             no_pivot: cfg.no_pivot_root,
         };
-        let (pid, exit, console) = spawn(
+        // Done while the setup process starts: the bundle's config.json (read by hooks, which
+        // run later) and the cgroup, registered for the rollback as soon as it exists.
+        let prepare = || {
+            if let Ok(json) = serde_json::to_vec_pretty(&*spec) {
+                // Never through a symlink planted in the bundle.
+                let _ = crate::fsutil::write_file_nofollow(
+                    &bundle.join("config.json"),
+                    &json,
+                    0o600,
+                    false,
+                );
+            }
+            let resources = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().clone())
+                .unwrap_or_default();
+            let cg = Cgroup::create(&cfg.cgroups, &cgroup_path(spec, id), Some(&resources))
+                .map_err(cgroup_err)?;
+            undo.cgroup = Some(cg.clone());
+            Ok(cg)
+        };
+        let (pid, exit, console, cg) = spawn(
             &cfg.init_exe,
             &cfg.init_args,
             &setup,
@@ -331,7 +334,7 @@ impl Container {
                     spawn::PidNs::Same
                 },
             },
-            &cg,
+            prepare,
             spec,
             bundle,
             cancel,

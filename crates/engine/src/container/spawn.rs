@@ -63,16 +63,18 @@ impl ExecPlan {
             Some(f) => PidNs::Join(f),
             None => PidNs::Same,
         };
+        let cgroup = self.cgroup.clone();
         spawn(
             &self.exe,
             &self.args,
             &self.setup,
             SpawnIo { stdio, pid_ns },
-            &self.cgroup,
+            move || Ok(cgroup),
             &self.setup.spec,
             &self.bundle,
             cancel,
         )
+        .map(|(pid, exit, master, _)| (pid, exit, master))
     }
 }
 
@@ -201,17 +203,22 @@ fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
 
 /// Starts a setup process for `setup` and drives the sync protocol until the
 /// container process is ready. On failure (or cancellation) every process started is killed.
+///
+/// `cgroup` gives the container's cgroup. It runs once the setup process is started, while that
+/// process is still starting up (the exec of a fresh program costs about half a millisecond on
+/// a small VM), so that what it has to do (create the cgroup) is off the critical path; the
+/// setup process is added to the cgroup before it is told to go on.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn spawn(
     exe: &Path,
     args: &[String],
     setup: &Setup,
     io: SpawnIo<'_>,
-    cgroup: &Cgroup,
+    cgroup: impl FnOnce() -> Result<Cgroup>,
     spec: &Spec,
     bundle: &Path,
     cancel: &Cancel,
-) -> Result<(i32, ExitWatch, Option<OwnedFd>)> {
+) -> Result<(i32, ExitWatch, Option<OwnedFd>, Cgroup)> {
     reaper::start();
     cancel.check()?;
     // Never the program's own file: a container must not reach it (CVE-2019-5736).
@@ -256,12 +263,21 @@ pub(super) fn spawn(
         spawned.map_err(|e| other(format!("cannot start {}: {e}", exe.display())))?;
     cancel.track(&mid_exit);
 
+    let cgroup = match cgroup() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = kill(mid_pid, libc::SIGKILL);
+            let _ = mid_exit.wait_timeout(ROLLBACK_WAIT);
+            cancel.untrack(mid_pid);
+            return Err(e);
+        }
+    };
     let mut grandchild: Option<(i32, ExitWatch)> = None;
     let result = drive(
         &mut parent,
         (mid_pid, &mid_exit),
         setup,
-        cgroup,
+        &cgroup,
         spec,
         bundle,
         &mut grandchild,
@@ -284,7 +300,7 @@ pub(super) fn spawn(
             // No fork: the setup process is the container process.
             Some(g) if g.0 == mid_pid => {
                 cancel.untrack(mid_pid);
-                Ok((g.0, g.1, master))
+                Ok((g.0, g.1, master, cgroup))
             }
             Some(g) => {
                 cancel.untrack(mid_pid);
@@ -292,7 +308,7 @@ pub(super) fn spawn(
                 // The intermediate has reported everything and exits; reap it before returning
                 // so that no exec leaves a zombie or an exit record behind.
                 let _ = mid_exit.wait_timeout(ROLLBACK_WAIT);
-                Ok((g.0, g.1, master))
+                Ok((g.0, g.1, master, cgroup))
             }
             None => {
                 let _ = kill(mid_pid, libc::SIGKILL);

@@ -1,6 +1,7 @@
 //! Behaviour behind the performance work: one thread watches the OOM events of every container,
-//! RemoveContainer leaves nothing behind without waiting on watchers, and ReadStdout returns
-//! everything that is ready (up to `len`) in one reply.
+//! RemoveContainer leaves nothing behind without waiting on watchers, ReadStdout returns
+//! everything that is ready (up to `len`) in one reply, and execs served by a setup process
+//! started ahead of need get their stdio, terminal and pid namespace right.
 
 #[path = "support/mini.rs"]
 mod mini;
@@ -91,6 +92,97 @@ fn read_stdout_returns_everything_ready_up_to_len() {
         let expected: String = (0..48).map(|i| format!("{i:>1023}\n")).collect();
         assert!(all == expected.as_bytes());
         fx.remove("g1").await;
+        fx.finish().await;
+    });
+}
+
+/// The agent's children that are the engine's spare setup process (the sealed copy of the agent,
+/// waiting on its sync socket for an exec).
+fn spares(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap_or_default();
+        if ppid == Some(pid) && exe.to_string_lossy().starts_with("/memfd:kata-agent") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn execs_after_the_first_use_a_spare_setup_process_that_goes_with_the_last_container() {
+    rt().block_on(async {
+        let fx = Mini::new("spare", AgentOptions::default()).await;
+        let pid = fx.agent.pid();
+        let mut spec = fx.spec("s1", sh("exec sleep 1000"));
+        // A devpts of its own, for the terminal exec.
+        let mut pts = oci::Mount::new();
+        pts.destination = "/dev/pts".into();
+        pts.type_ = "devpts".into();
+        pts.source = "devpts".into();
+        pts.options = [
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+        ]
+        .map(String::from)
+        .to_vec();
+        spec.Mounts.push(pts);
+        fx.run("s1", spec).await;
+        // Creating a container starts none; an exec starts one for the next exec.
+        assert!(spares(pid).is_empty());
+        fx.exec("s1", "first", sh("echo first")).await;
+        assert_eq!(fx.read_all("s1", "first", false).await, b"first\n");
+        assert_eq!(fx.wait("s1", "first").await, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let spare = loop {
+            if let [one] = spares(pid)[..] {
+                break one;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no spare setup process"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        // The next exec is the spare (forked into the container's pid namespace): both streams
+        // arrive, in the container's pid namespace (not pid 1, the container's init is).
+        fx.exec(
+            "s1",
+            "second",
+            sh("echo out $$; echo err >&2; [ -e /proc/1/exe ] && exit 7"),
+        )
+        .await;
+        let out = String::from_utf8(fx.read_all("s1", "second", false).await).unwrap();
+        assert!(out.starts_with("out ") && out.trim() != "out 1", "{out:?}");
+        assert_eq!(fx.read_all("s1", "second", true).await, b"err\n");
+        assert_eq!(fx.wait("s1", "second").await, 7);
+        assert!(!spares(pid).contains(&spare), "the spare was used");
+        // A terminal exec through the next spare: its terminal is the container's own pty.
+        let mut p = sh("tty; echo tty-ok");
+        p.Terminal = true;
+        fx.exec("s1", "third", p).await;
+        let out = String::from_utf8(fx.read_all("s1", "third", false).await).unwrap();
+        assert!(
+            out.contains("/dev/pts/") && out.contains("tty-ok"),
+            "{out:?}"
+        );
+        assert_eq!(fx.wait("s1", "third").await, 0);
+        // The last container gone, so is the spare, by the time RemoveContainer answers.
+        fx.remove("s1").await;
+        assert!(spares(pid).is_empty(), "the spare outlived the containers");
         fx.finish().await;
     });
 }

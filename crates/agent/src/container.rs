@@ -384,6 +384,10 @@ impl Containers {
         let registered = reservation.register(|| {
             self.map.lock().unwrap().insert(id.clone(), entry.clone());
         });
+        if registered {
+            // Later execs and containers find a setup process started ahead of need.
+            engine::keep_spare();
+        }
         if !registered {
             // The request went away while the engine worked: undo it all, then report.
             let engine = entry.engine.clone();
@@ -770,7 +774,15 @@ impl Containers {
         {
             monitor.unregister(token);
         }
-        self.map.lock().unwrap().remove(id);
+        let none_left = {
+            let mut map = self.map.lock().unwrap();
+            map.remove(id);
+            map.is_empty()
+        };
+        if none_left {
+            // Nothing of the engine outlives the containers: the spare setup process goes.
+            let _ = tokio::task::spawn_blocking(engine::clear_spare).await;
+        }
         info!(subsystem = "container", container_id = %id, "container removed");
         Ok(())
     }

@@ -16,9 +16,11 @@ use crate::setup::{Kind, Namespace, Setup};
 use crate::validate::{validate_container_id, validate_process_args, validate_spec};
 use crate::{EngineConfig, Error, Result, Stdio};
 
+mod spare;
 mod spawn;
 mod vspawn;
 
+pub use spare::{clear as clear_spare, keep as keep_spare, SPARE_ENV};
 use spawn::spawn;
 pub use spawn::{ExecPlan, PostStart};
 

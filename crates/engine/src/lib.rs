@@ -25,7 +25,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 pub use cancel::Cancel;
-pub use container::{Container, ExecPlan, PostStart, Status};
+pub use container::{clear_spare, keep_spare, Container, ExecPlan, PostStart, Status};
 pub use reaper::{CommandOutput, ExitWatch};
 pub use validate::validate_container_id;
 

@@ -53,12 +53,19 @@ pub fn run() -> ! {
     // SAFETY: the engine passes the sync socket at this fd; we own it from here.
     let mut sock = unsafe { UnixStream::from_raw_fd(fd) };
     // The console socket of a terminal process (see crate::console); owned from here too.
-    let console = std::env::var(crate::console::CONSOLE_FD_ENV)
+    let mut console = std::env::var(crate::console::CONSOLE_FD_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
         .filter(|fd| *fd > 2 && *fd != sock.as_raw_fd())
         // SAFETY: the engine passes the console socket at this fd and nothing else uses it.
         .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    // A spare (started ahead of need) gets its stdio and console socket when it is used.
+    if std::env::var_os(crate::container::SPARE_ENV).is_some() {
+        match receive_stdio(&sock) {
+            Ok(c) => console = c,
+            Err(_) => exit(1),
+        }
+    }
     let setup = match recv::<ToChild>(&mut sock) {
         Ok(Some(ToChild::Setup(s))) => *s,
         _ => exit(1),
@@ -74,6 +81,48 @@ pub fn run() -> ! {
     };
     drop(sock);
     exec.run()
+}
+
+/// A spare's stdio: one byte carrying stdin, stdout, stderr and maybe the console socket, put on
+/// 0-2 (the console socket stays where it arrived, close-on-exec). Blocks until the engine uses
+/// this process; the end of the socket (the engine gave it up or died) ends it.
+fn receive_stdio(sock: &UnixStream) -> Result<Option<std::os::fd::OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let msg = loop {
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r?,
+        }
+    };
+    if msg.bytes != 1 {
+        bail!("the engine went away");
+    }
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(list) = c {
+            // SAFETY: the kernel installed these descriptors for this process only.
+            fds.extend(
+                list.into_iter()
+                    .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    if fds.len() < 3 {
+        bail!("the engine sent {} descriptors for the stdio", fds.len());
+    }
+    let console = if fds.len() > 3 { fds.pop() } else { None };
+    for (target, fd) in fds.iter().enumerate() {
+        nix::unistd::dup2(fd.as_raw_fd(), target as i32).context("cannot place the stdio")?;
+    }
+    Ok(console)
 }
 
 fn exit(code: i32) -> ! {

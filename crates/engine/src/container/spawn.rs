@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Hook, LinuxNamespaceType, Spec};
 
-use super::vspawn;
 use super::{cgroup_err, hooks_of, kill, other, CONSOLE_WAIT, ROLLBACK_WAIT, SETUP_TIMEOUT};
+use super::{spare, vspawn};
 use crate::cancel::Cancel;
 use crate::cgroups::Cgroup;
 use crate::reaper::{self, ExitWatch};
@@ -182,6 +182,57 @@ fn spawn_setup(
     Ok((pid, reaper::watch_new(pid)))
 }
 
+/// Starts a setup process with its sync socket and console socket in place; returns it and the
+/// engine's end of the sync socket.
+fn start_fresh(
+    sealed: &Path,
+    args: &[String],
+    io: SpawnIo<'_>,
+    console: Option<RawFd>,
+) -> std::io::Result<(i32, ExitWatch, UnixStream)> {
+    let (parent, child) = UnixStream::pair()?;
+    // Close-on-exec and away from the low numbers the setup process gets.
+    let dup_high = |fd: RawFd| -> std::io::Result<OwnedFd> {
+        let n = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
+        // SAFETY: n was just duplicated for us and is owned by nothing else.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+    };
+    let child_fd = dup_high(child.as_raw_fd())?;
+    drop(child);
+    let console_fd = console.map(dup_high).transpose()?;
+    let (pid, exit) = spawn_setup(
+        sealed,
+        args,
+        io,
+        child_fd.as_raw_fd(),
+        console_fd.as_ref().map(AsRawFd::as_raw_fd),
+    )?;
+    Ok((pid, exit, parent))
+}
+
+/// Gives a spare setup process the stdio of the process it is to become (`/dev/null` where a
+/// stream is not given) and the console socket, if any.
+fn hand_to_spare(sp: &spare::Spare, stdio: &Stdio, console: Option<RawFd>) -> std::io::Result<()> {
+    let null = match (&stdio.stdin, &stdio.stdout, &stdio.stderr) {
+        (Some(_), Some(_), Some(_)) => None,
+        _ => Some(OwnedFd::from(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?,
+        )),
+    };
+    let pick = |fd: &Option<OwnedFd>| {
+        fd.as_ref()
+            .or(null.as_ref())
+            .map(AsRawFd::as_raw_fd)
+            .unwrap_or(-1)
+    };
+    let mut fds = vec![pick(&stdio.stdin), pick(&stdio.stdout), pick(&stdio.stderr)];
+    fds.extend(console);
+    spare::hand_over(&sp.sock, &fds)
+}
+
 /// Writes `/proc/<pid>/{uid,gid}_map` from the spec.
 fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
@@ -223,44 +274,44 @@ pub(super) fn spawn(
     cancel.check()?;
     // Never the program's own file: a container must not reach it (CVE-2019-5736).
     let sealed = crate::selfexe::sealed_path(exe)?;
-    let (mut parent, child) = UnixStream::pair().map_err(other)?;
-    // Close-on-exec and away from the low numbers the setup process gets.
-    let child_fd = nix::fcntl::fcntl(child.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
-        .map_err(other)?;
-    drop(child);
     // A terminal process sends its pty master back on a socket of its own (fd 4).
     let terminal = setup.process.terminal().unwrap_or(false);
-    let mut console: Option<(OwnedFd, i32)> = None;
-    if terminal {
-        let pair = crate::console::socket_pair()
-            .and_then(|(ours, theirs)| {
-                let fd = nix::fcntl::fcntl(
-                    theirs.as_raw_fd(),
-                    nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10),
-                )?;
-                Ok((ours, fd))
-            })
-            .map_err(|e| other(format!("cannot create the console socket: {e}")));
-        match pair {
-            Ok(p) => console = Some(p),
+    let console = if terminal {
+        Some(
+            crate::console::socket_pair()
+                .map_err(|e| other(format!("cannot create the console socket: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let theirs = console.as_ref().map(|c| c.1.as_raw_fd());
+    // Spares serve execs only: a container's set-up takes the fresh path, which starts its
+    // setup process in the new pid namespace directly.
+    let exec = setup.kind == crate::setup::Kind::Exec;
+    let spare = if exec {
+        spare::take(&sealed, args)
+    } else {
+        None
+    };
+    let started = match spare {
+        Some(sp) => match hand_to_spare(&sp, &io.stdio, theirs) {
+            Ok(()) => Ok((sp.pid, sp.exit.clone(), sp.sock)),
             Err(e) => {
-                // SAFETY: child_fd is our duplicate, used by nobody else.
-                unsafe { libc::close(child_fd) };
-                return Err(e);
+                tracing::debug!("the spare setup process was not usable: {e}");
+                let _ = kill(sp.pid, libc::SIGKILL);
+                start_fresh(&sealed, args, io, theirs)
             }
-        }
+        },
+        None => start_fresh(&sealed, args, io, theirs),
+    };
+    // Only the setup process needed its end of the console socket.
+    let console = console.map(|(ours, _theirs)| ours);
+    let (mid_pid, mid_exit, mut parent) =
+        started.map_err(|e| other(format!("cannot start {}: {e}", exe.display())))?;
+    // The next exec finds a spare waiting (if one is wanted).
+    if exec {
+        spare::refill(&sealed, args);
     }
-    let console_child_fd = console.as_ref().map(|c| c.1);
-    let spawned = spawn_setup(&sealed, args, io, child_fd, console_child_fd);
-    // SAFETY: child_fd is our duplicate, used by nobody else.
-    unsafe { libc::close(child_fd) };
-    let console = console.map(|(ours, theirs)| {
-        // SAFETY: as for child_fd: only the setup process needed this duplicate.
-        unsafe { libc::close(theirs) };
-        ours
-    });
-    let (mid_pid, mid_exit) =
-        spawned.map_err(|e| other(format!("cannot start {}: {e}", exe.display())))?;
     cancel.track(&mid_exit);
 
     let cgroup = match cgroup() {

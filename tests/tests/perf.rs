@@ -7,7 +7,7 @@
 mod mini;
 
 use e2e::{ctx, AgentOptions};
-use mini::{rt, sh, Mini};
+use mini::{children_of, rt, sh, Mini};
 use protobuf::MessageField;
 use protocols::{agent, oci};
 
@@ -99,24 +99,13 @@ fn read_stdout_returns_everything_ready_up_to_len() {
 /// The agent's children that are the engine's spare setup process (the sealed copy of the agent,
 /// waiting on its sync socket for an exec).
 fn spares(pid: u32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 2..].split_whitespace().nth(1))
-            .and_then(|s| s.parse::<u32>().ok());
-        let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap_or_default();
-        if ppid == Some(pid) && exe.to_string_lossy().starts_with("/memfd:kata-agent") {
-            out.push(p);
-        }
-    }
-    out
+    children_of(pid)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/exe"))
+                .is_ok_and(|e| e.to_string_lossy().starts_with("/memfd:kata-agent"))
+        })
+        .collect()
 }
 
 #[test]
@@ -170,6 +159,15 @@ fn execs_after_the_first_use_a_spare_setup_process_that_goes_with_the_last_conta
         assert_eq!(fx.read_all("s1", "second", true).await, b"err\n");
         assert_eq!(fx.wait("s1", "second").await, 7);
         assert!(!spares(pid).contains(&spare), "the spare was used");
+        // ... by this exec, not discarded for a fresh setup process.
+        assert!(
+            fx.agent
+                .log()
+                .lines()
+                .any(|l| l.contains("exec served by the spare setup process")
+                    && l.contains(&format!("\"setup_pid\":{spare}"))),
+            "the exec did not go through the spare {spare}"
+        );
         // A terminal exec through the next spare: its terminal is the container's own pty.
         let mut p = sh("tty; echo tty-ok");
         p.Terminal = true;

@@ -244,7 +244,8 @@ impl Mini {
     }
 }
 
-fn children_of(pid: u32) -> Vec<i32> {
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {

@@ -147,25 +147,11 @@ fn spawn_setup(
     console_fd: Option<RawFd>,
 ) -> std::io::Result<(i32, ExitWatch)> {
     let SpawnIo { stdio, pid_ns } = io;
-    let null = match (&stdio.stdin, &stdio.stdout, &stdio.stderr) {
-        (Some(_), Some(_), Some(_)) => None,
-        _ => Some(OwnedFd::from(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")?,
-        )),
-    };
-    let pick = |fd: &Option<OwnedFd>| {
-        fd.as_ref()
-            .or(null.as_ref())
-            .map(AsRawFd::as_raw_fd)
-            .unwrap_or(-1)
-    };
+    let (std_fds, _null) = stdio_fds(&stdio)?;
     let mut fds = vec![
-        (pick(&stdio.stdin), 0),
-        (pick(&stdio.stdout), 1),
-        (pick(&stdio.stderr), 2),
+        (std_fds[0], 0),
+        (std_fds[1], 1),
+        (std_fds[2], 2),
         (sync_fd, 3),
     ];
     let mut env = vec![(crate::child::SYNC_FD_ENV, "3".to_string())];
@@ -213,6 +199,15 @@ fn start_fresh(
 /// Gives a spare setup process the stdio of the process it is to become (`/dev/null` where a
 /// stream is not given) and the console socket, if any.
 fn hand_to_spare(sp: &spare::Spare, stdio: &Stdio, console: Option<RawFd>) -> std::io::Result<()> {
+    let (std_fds, _null) = stdio_fds(stdio)?;
+    let mut fds = std_fds.to_vec();
+    fds.extend(console);
+    spare::hand_over(&sp.sock, &fds)
+}
+
+/// The descriptors a process gets as stdin, stdout and stderr: the given streams, `/dev/null`
+/// for those not given (the returned descriptor, kept open until they are passed on).
+fn stdio_fds(stdio: &Stdio) -> std::io::Result<([RawFd; 3], Option<OwnedFd>)> {
     let null = match (&stdio.stdin, &stdio.stdout, &stdio.stderr) {
         (Some(_), Some(_), Some(_)) => None,
         _ => Some(OwnedFd::from(
@@ -228,9 +223,10 @@ fn hand_to_spare(sp: &spare::Spare, stdio: &Stdio, console: Option<RawFd>) -> st
             .map(AsRawFd::as_raw_fd)
             .unwrap_or(-1)
     };
-    let mut fds = vec![pick(&stdio.stdin), pick(&stdio.stdout), pick(&stdio.stderr)];
-    fds.extend(console);
-    spare::hand_over(&sp.sock, &fds)
+    Ok((
+        [pick(&stdio.stdin), pick(&stdio.stdout), pick(&stdio.stderr)],
+        null,
+    ))
 }
 
 /// Writes `/proc/<pid>/{uid,gid}_map` from the spec.
@@ -295,7 +291,10 @@ pub(super) fn spawn(
     };
     let started = match spare {
         Some(sp) => match hand_to_spare(&sp, &io.stdio, theirs) {
-            Ok(()) => Ok((sp.pid, sp.exit.clone(), sp.sock)),
+            Ok(()) => {
+                tracing::debug!(setup_pid = sp.pid, "exec served by the spare setup process");
+                Ok((sp.pid, sp.exit.clone(), sp.sock))
+            }
             Err(e) => {
                 tracing::debug!("the spare setup process was not usable: {e}");
                 let _ = kill(sp.pid, libc::SIGKILL);

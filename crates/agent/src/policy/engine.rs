@@ -1,18 +1,29 @@
-//! A loaded policy: a regorus engine with the policy's modules parsed and prepared, and the
-//! policy's own state (`data.pstate`).
+//! A loaded policy: the policy's modules parsed and prepared by regorus, and the policy's own
+//! state (`data.pstate`).
 //!
 //! A [`LoadedPolicy`] is built completely (parsed, analysed, `AllowRequestsFailingPolicy` read)
 //! before anyone can decide with it, so swapping policies never exposes a half-loaded one.
+//!
+//! Concurrency. The engine prepared for the current state is a [`Snapshot`]; decisions evaluate
+//! on copies of it (a prepared regorus engine clones cheaply: the analysed modules are shared),
+//! taken from a small pool, so decisions never wait for each other. A decision whose allowed
+//! result changes the state builds the next snapshot: the state patched, a copy of the engine given
+//! the new data and prepared again (regorus re-analyses whenever its data changes, milliseconds
+//! with genpolicy's rules). That happens outside any lock that other decisions take; state changes
+//! are serialized among themselves, and one evaluated on a snapshot that has since been replaced
+//! is evaluated again on the new one, so every change is computed from the state before it.
+//! Decisions that only read the state use the snapshot current when they start.
 
+use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use regorus::PolicyLengthConfig;
 use regorus::Value;
 
 use super::decision::{self, Outcome};
 use super::PolicyError;
-use super::{builtins, hoist};
+use super::{builtins, constant, hoist};
 
 /// The Rego package upstream's policies define their rules in.
 pub const PACKAGE: &str = "agent_policy";
@@ -23,24 +34,38 @@ const MAX_LINE_BYTES: u32 = 64 * 1024;
 const MAX_POLICY_BYTES: usize = 16 * 1024 * 1024;
 const MAX_POLICY_LINES: usize = 200_000;
 
+/// Idle engine copies kept per snapshot (about one per thread deciding at once).
+const MAX_IDLE_ENGINES: usize = 4;
+
 /// A parsed and prepared policy with its state.
 pub struct LoadedPolicy {
     /// Where the policy came from (a file path, or `SetPolicy`), for logs.
     origin: String,
     /// `data.agent_policy.AllowRequestsFailingPolicy` is true: denials are only warnings.
     allow_failures: bool,
-    /// The engine and the state. Locked for one evaluation (and the state update it may carry)
-    /// at a time, never across an await.
-    engine: Mutex<Engine>,
+    /// Request rules that only a literal default defines (see [`constant`]).
+    constant: HashMap<String, Value>,
+    /// The constant rules hoisted out of the text (see [`hoist`]); never changed by `ops`.
+    hoisted: Option<Value>,
+    /// The engine prepared for the current state. Locked only to copy or replace the `Arc`.
+    current: RwLock<Arc<Snapshot>>,
+    /// Serializes state changes (held while the next snapshot is prepared).
+    commit: Mutex<()>,
+    /// Tests: runs while the next snapshot is prepared, to hold a state change there.
+    #[cfg(test)]
+    pub(super) preparing_hook: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
-/// A regorus engine with the parts of its data document kept apart.
-struct Engine {
-    rego: regorus::Engine,
-    /// The constant rules hoisted out of the text (see [`hoist`]); never changed by `ops`.
-    constants: Option<Value>,
-    /// The rest of the data document, which the policy's `ops` patch: `{"pstate": …}`.
+/// The policy prepared for one state.
+struct Snapshot {
+    /// Counts state changes since the policy was loaded.
+    generation: u64,
+    /// Prepared for `state`; only ever copied.
+    template: regorus::Engine,
+    /// The part of the data document the policy's `ops` patch: `{"pstate": …}`.
     state: serde_json::Value,
+    /// Copies of `template` that finished a decision, ready for the next one.
+    idle: Mutex<Vec<regorus::Engine>>,
 }
 
 impl std::fmt::Debug for LoadedPolicy {
@@ -76,19 +101,18 @@ impl LoadedPolicy {
             .map_err(invalid)?;
         // The first evaluation analyses every module (unknown functions, unsafe variables, rule
         // conflicts): do it now so that a broken policy is refused rather than installed.
-        engine
-            .eval_query("true".to_string(), false)
-            .map_err(invalid)?;
-        let _ = engine.take_prints();
+        prepare(&mut engine).map_err(invalid)?;
+        let constant = constant::constant_rules(&mut engine);
 
         let mut loaded = LoadedPolicy {
             origin: origin.to_string(),
             allow_failures: false,
-            engine: Mutex::new(Engine {
-                rego: engine,
-                constants: hoisted.data,
-                state,
-            }),
+            constant,
+            hoisted: hoisted.data,
+            current: RwLock::new(Arc::new(Snapshot::new(0, engine, state))),
+            commit: Mutex::new(()),
+            #[cfg(test)]
+            preparing_hook: Mutex::new(None),
         };
         // As upstream: the flag is read once per policy; a policy that cannot evaluate it runs
         // with the secure default.
@@ -109,11 +133,104 @@ impl LoadedPolicy {
         self.allow_failures
     }
 
-    /// Evaluates `data.agent_policy.<name>` with `input`; an allowed result's state operations are
-    /// applied before the lock is released, so the next decision sees them.
+    /// Evaluates `data.agent_policy.<name>` with `input`. When the allowed result carries state
+    /// operations, they are applied (and the engine prepared for the new state) before this
+    /// returns, so a request sent after this one's answer is decided on the new state.
     pub fn evaluate(&self, name: &str, input: Value) -> Result<Outcome, PolicyError> {
-        let mut guard = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-        let engine = &mut guard.rego;
+        self.decide(name, || Ok(input))
+    }
+
+    /// [`Self::evaluate`] with the input made only when the rule is not a constant.
+    pub fn decide(
+        &self,
+        name: &str,
+        input: impl FnOnce() -> Result<Value, PolicyError>,
+    ) -> Result<Outcome, PolicyError> {
+        if let Some(value) = self.constant.get(name) {
+            return decision::interpret(value, String::new(), self.allow_failures);
+        }
+        let input = input()?;
+        let snapshot = self.snapshot();
+        let outcome = snapshot.evaluate(name, input.clone(), self.allow_failures)?;
+        if outcome.ops.is_none() {
+            return Ok(outcome);
+        }
+        blocking(|| self.change_state(name, input, snapshot, outcome))
+    }
+
+    /// Applies the state operations of `outcome`, decided on `seen`; decides again first when
+    /// another change replaced `seen` meanwhile.
+    fn change_state(
+        &self,
+        name: &str,
+        input: Value,
+        seen: Arc<Snapshot>,
+        outcome: Outcome,
+    ) -> Result<Outcome, PolicyError> {
+        let _serial = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot();
+        let mut outcome = if current.generation == seen.generation {
+            outcome
+        } else {
+            current.evaluate(name, input, self.allow_failures)?
+        };
+        if let Some(ops) = outcome.ops.take() {
+            #[cfg(test)]
+            if let Some(hook) = &*self.preparing_hook.lock().unwrap() {
+                hook();
+            }
+            let next = current.next(self.hoisted.as_ref(), &ops)?;
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        }
+        Ok(outcome)
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The policy state (`data.pstate`), for tests and diagnostics.
+    #[cfg(test)]
+    pub fn state(&self) -> Value {
+        serde_json::from_value(self.snapshot().state["pstate"].clone()).expect("a JSON state")
+    }
+
+    /// The request rules decided without the interpreter, for tests.
+    #[cfg(test)]
+    pub fn constant_rules(&self) -> &HashMap<String, Value> {
+        &self.constant
+    }
+
+    /// Tests: evaluates `name` with the interpreter even when it is a constant rule.
+    #[cfg(test)]
+    pub fn interpret(&self, name: &str, input: Value) -> Result<Outcome, PolicyError> {
+        self.snapshot().evaluate(name, input, self.allow_failures)
+    }
+}
+
+impl Snapshot {
+    fn new(generation: u64, template: regorus::Engine, state: serde_json::Value) -> Self {
+        Snapshot {
+            generation,
+            template,
+            state,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// One evaluation on a copy of the prepared engine. An allowed result's non-empty `ops` are
+    /// left in the outcome for the caller to apply; a denied one never carries any.
+    fn evaluate(
+        &self,
+        name: &str,
+        input: Value,
+        allow_failures: bool,
+    ) -> Result<Outcome, PolicyError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut engine = idle.unwrap_or_else(|| self.template.clone());
         engine.set_input(input);
         let path = format!("data.{PACKAGE}.{name}");
         // Evaluating the rule directly skips parsing a query and walking every rule's path; a rule
@@ -129,21 +246,53 @@ impl LoadedPolicy {
             }
         };
         let prints = engine.take_prints().unwrap_or_default().join(" ");
-        let value = value.map_err(|e| PolicyError::Internal(e.to_string()))?;
-        let mut outcome = decision::interpret(&value, prints, self.allow_failures)?;
-        if let Some(ops) = outcome.ops.take() {
-            if outcome.allowed && !ops.0.is_empty() {
-                apply_ops(&mut guard, &ops)?;
+        // The input can be large (a CreateContainer spec): do not keep it alive in the pool.
+        engine.set_input(Value::Undefined);
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_ENGINES {
+                idle.push(engine);
             }
+        }
+        let value = value.map_err(|e| PolicyError::Internal(e.to_string()))?;
+        let mut outcome = decision::interpret(&value, prints, allow_failures)?;
+        if outcome.ops.as_ref().is_some_and(|ops| ops.0.is_empty()) {
+            outcome.ops = None;
         }
         Ok(outcome)
     }
 
-    /// The policy state (`data.pstate`), for tests and diagnostics.
-    #[cfg(test)]
-    pub fn state(&self) -> Value {
-        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-        engine.rego.get_data()["pstate"].clone()
+    /// The snapshot after `ops`: the state patched (all or nothing) and a copy of the engine
+    /// prepared with it.
+    fn next(&self, hoisted: Option<&Value>, ops: &json_patch::Patch) -> Result<Self, PolicyError> {
+        let internal = |e: String| {
+            PolicyError::Internal(format!("applying the policy's state operations: {e}"))
+        };
+        let mut state = self.state.clone();
+        json_patch::patch(&mut state, ops).map_err(|e| internal(e.to_string()))?;
+        let mut engine = self.template.clone();
+        load_data(&mut engine, hoisted, &state)?;
+        prepare(&mut engine).map_err(|e| internal(e.to_string()))?;
+        Ok(Snapshot::new(self.generation + 1, engine, state))
+    }
+}
+
+/// Analyses the modules with the current data (regorus does it at the first evaluation after a
+/// change), so that decisions find the engine ready.
+fn prepare(engine: &mut regorus::Engine) -> anyhow::Result<()> {
+    engine.eval_query("true".to_string(), false)?;
+    let _ = engine.take_prints();
+    Ok(())
+}
+
+/// Runs `f`, which may take milliseconds, telling a multi-threaded tokio runtime so that it moves
+/// the worker's other tasks elsewhere meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -163,27 +312,4 @@ fn load_data(
             .map_err(|e| internal(e.to_string()))?;
     }
     engine.add_data(state).map_err(|e| internal(e.to_string()))
-}
-
-/// Applies JSON patch operations to the state part of the data document (`/pstate/…`). All or
-/// nothing: a failing operation leaves the state as it was.
-fn apply_ops(engine: &mut Engine, ops: &json_patch::Patch) -> Result<(), PolicyError> {
-    let internal =
-        |e: String| PolicyError::Internal(format!("applying the policy's state operations: {e}"));
-    let mut state = engine.state.clone();
-    json_patch::patch(&mut state, ops).map_err(|e| internal(e.to_string()))?;
-    if let Err(e) = load_data(&mut engine.rego, engine.constants.as_ref(), &state) {
-        // A state that clashes with the constants: put the old document back.
-        load_data(&mut engine.rego, engine.constants.as_ref(), &engine.state)?;
-        return Err(e);
-    }
-    engine.state = state;
-    // Changing data makes the engine re-analyse the policy; pay for it here, in the request whose
-    // decision changed the state, rather than in the next unrelated one.
-    engine
-        .rego
-        .eval_query("true".to_string(), false)
-        .map_err(|e| internal(e.to_string()))?;
-    let _ = engine.rego.take_prints();
-    Ok(())
 }

@@ -98,8 +98,8 @@ impl PolicyGate {
         let Some(policy) = self.current() else {
             return Ok(());
         };
-        let name = M::descriptor().name().to_string();
-        decide(&policy, &name, input::message_input(req))
+        let descriptor = M::descriptor();
+        decide(&policy, descriptor.name(), || Ok(input::message_input(req)))
     }
 
     /// Decides CopyFile on its prepared form.
@@ -107,7 +107,7 @@ impl PolicyGate {
         let Some(policy) = self.current() else {
             return Ok(());
         };
-        decide(&policy, "CopyFileRequest", input::copy_file_input(req)?)
+        decide(&policy, "CopyFileRequest", || input::copy_file_input(req))
     }
 
     /// SetPolicy: decided by the policy in force (`SetPolicyRequest`), then the new text is parsed
@@ -131,10 +131,22 @@ impl PolicyGate {
 }
 
 /// One decision, logged when denied or only allowed by `AllowRequestsFailingPolicy`.
-fn decide(policy: &LoadedPolicy, name: &str, input: regorus::Value) -> Result<(), PolicyError> {
-    let outcome = policy
-        .evaluate(name, input)
-        .map_err(|e| PolicyError::Internal(format!("{name}: internal error {e}")))?;
+fn decide(
+    policy: &LoadedPolicy,
+    name: &str,
+    input: impl FnOnce() -> Result<regorus::Value, PolicyError>,
+) -> Result<(), PolicyError> {
+    // A request that cannot be put in the policy's form fails as it is; evaluation errors are
+    // named after the request.
+    let mut bad_input = None;
+    let outcome = policy.decide(name, || {
+        input().inspect_err(|e| bad_input = Some(e.clone()))
+    });
+    if let Some(e) = bad_input {
+        return Err(e);
+    }
+    let outcome =
+        outcome.map_err(|e| PolicyError::Internal(format!("{name}: internal error {e}")))?;
     if outcome.overridden {
         warn!(
             subsystem = "policy",

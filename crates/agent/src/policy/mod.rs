@@ -6,19 +6,24 @@
 //!
 //! Each AgentService request is decided as `data.agent_policy.<request message name>` with the
 //! request as `input` (see [`input`]); [`decision`] reads the result and [`engine`] holds a loaded
-//! policy and its state. The gate itself is `gate::PolicyGate` ([`gate()`]): the rpc layer calls it
-//! once per request, before any work.
+//! policy and its state. Rules that only a literal `default` defines are answered without the
+//! interpreter (`constant.rs`). The gate itself is `gate::PolicyGate` ([`gate()`]): the rpc layer
+//! calls it once per request, before any work.
 //!
 //! All of this is the `agent-policy` cargo feature; without it `disabled.rs` stands in (every
 //! request allowed, SetPolicy UNIMPLEMENTED, a configured policy refused at start-up).
 //!
-//! Concurrency: the current policy is an `Arc` swapped whole under a short lock; a decision holds
-//! only its policy's engine lock, for the evaluation and the state update it carries. SetPolicy
-//! decides, parses the new policy outside every decision lock, and swaps; SetPolicy requests are
-//! serialized among themselves so a policy that locks SetPolicy cannot be raced.
+//! Concurrency: the current policy is an `Arc` swapped whole under a short lock. Decisions take
+//! no lock across an evaluation: each runs on its own copy of the prepared engine (see
+//! [`engine`]), and one that changes the policy's state prepares the next engine without holding
+//! up the others. SetPolicy decides, parses the new policy outside every decision, and swaps;
+//! SetPolicy requests are serialized among themselves so a policy that locks SetPolicy cannot be
+//! raced.
 
 #[cfg(feature = "agent-policy")]
 mod builtins;
+#[cfg(feature = "agent-policy")]
+mod constant;
 #[cfg(feature = "agent-policy")]
 pub mod decision;
 #[cfg(not(feature = "agent-policy"))]
@@ -68,5 +73,7 @@ impl std::fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
+#[cfg(all(test, feature = "agent-policy"))]
+mod concurrency_tests;
 #[cfg(all(test, feature = "agent-policy"))]
 mod tests;

@@ -165,6 +165,7 @@ impl TestAgent {
             .env("KATA_AGENT_RESOLV_CONF", &resolv_conf)
             .env("KATA_AGENT_CMDLINE", &cmdline)
             .env("KATA_AGENT_LOG_LEVEL", "debug")
+            .env("KATA_AGENT_POLICY_LOG", dir.path().join("policy.jsonl"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_log).unwrap());

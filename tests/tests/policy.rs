@@ -643,3 +643,60 @@ fn upstream_rules_through_set_policy() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// The decision log
+
+/// At debug level (the test agents' level) each decided input is a line of the decision log, in
+/// upstream's `{"kind", "request"}` form; reads and SetPolicy are left out. Below debug there is
+/// no log.
+#[test]
+fn decision_log_at_debug_level() {
+    rt().block_on(async {
+        let fx = Fx::new("decision-log").await;
+        let log = fx.agent.dir.path().join("policy.jsonl");
+        fx.set_policy(&fixture("allow-all.rego")).await.unwrap();
+        fx.c.get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+            .await
+            .unwrap();
+        let mut read = agent::ReadStreamRequest::new();
+        read.container_id = "nope".into();
+        let _ = fx.c.read_stdout(ctx(), &read).await;
+        let mut signal = agent::SignalProcessRequest::new();
+        signal.container_id = "nope".into();
+        signal.signal = 9;
+        let _ = fx.c.signal_process(ctx(), &signal).await;
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            ["GuestDetailsRequest", "SignalProcessRequest"],
+            "{lines:?}"
+        );
+        assert_eq!(lines[1]["request"]["container_id"], "nope");
+        assert_eq!(lines[1]["request"]["signal"], 9);
+        assert_eq!(lines[1]["request"]["exec_id"], "");
+        fx.finish().await;
+
+        let quiet = Fx::with(
+            "decision-log-info",
+            AgentOptions {
+                env: vec![("KATA_AGENT_LOG_LEVEL", "info".to_string())],
+                ..Default::default()
+            },
+        )
+        .await;
+        quiet.set_policy(&fixture("allow-all.rego")).await.unwrap();
+        quiet
+            .c
+            .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+            .await
+            .unwrap();
+        assert!(!quiet.agent.dir.path().join("policy.jsonl").exists());
+        quiet.finish().await;
+    });
+}

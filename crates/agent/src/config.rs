@@ -120,6 +120,8 @@ pub struct AgentConfig {
     pub passfd_addr: Option<String>,
     /// Rego policy file loaded at start-up (`policy_file`, `KATA_AGENT_POLICY_FILE`).
     pub policy_file: Option<PathBuf>,
+    /// The policy decision log, written at debug level (`KATA_AGENT_POLICY_LOG`).
+    pub policy_log: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -156,6 +158,7 @@ impl Default for AgentConfig {
             mem_agent: Default::default(),
             passfd_addr: None,
             policy_file: None,
+            policy_log: PathBuf::from(crate::policy::DEFAULT_POLICY_LOG),
         }
     }
 }
@@ -451,7 +454,7 @@ impl Builder {
             self.cfg.policy_file = Some(PathBuf::from(file));
         }
         let cfg = &mut self.cfg;
-        let overrides: [(&str, &mut PathBuf, Option<&mut bool>); 7] = [
+        let overrides: [(&str, &mut PathBuf, Option<&mut bool>); 8] = [
             (
                 "KATA_AGENT_RUN_DIR",
                 &mut cfg.run_dir,
@@ -467,6 +470,7 @@ impl Builder {
             ("KATA_AGENT_CGROUP_ROOT", &mut cfg.cgroup_root, None),
             ("KATA_AGENT_CONSOLE", &mut cfg.console_path, None),
             ("KATA_AGENT_DEV_ROOT", &mut cfg.dev_root, None),
+            ("KATA_AGENT_POLICY_LOG", &mut cfg.policy_log, None),
         ];
         let addresses: [(&str, &mut Option<String>); 4] = [
             ("KATA_AGENT_LOG_ADDR", &mut cfg.log_addr),

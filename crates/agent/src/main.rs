@@ -156,9 +156,11 @@ fn run(args: &[String], init_mode: bool) -> anyhow::Result<()> {
     }
     // The policy is in force before the first request can arrive; one that does not load stops
     // the agent.
+    // At debug level the inputs the policy decides are logged too (`/tmp/policy.jsonl`).
     policy::startup(
         cfg.policy_file.as_deref(),
         std::path::Path::new(policy::DEFAULT_POLICY_FILE),
+        (cfg.log_level >= log_level::LogLevel::Debug).then_some(cfg.policy_log.as_path()),
     )?;
     init::set_subreaper()?;
     engine::reaper::start();

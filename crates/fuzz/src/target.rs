@@ -76,6 +76,7 @@ impl Target {
             .env("KATA_AGENT_SANDBOX_NS_DIR", dir.join("ns"))
             .env("KATA_AGENT_RESOLV_CONF", dir.join("resolv.conf"))
             .env("KATA_AGENT_CMDLINE", dir.join("cmdline"))
+            .env("KATA_AGENT_POLICY_LOG", dir.join("policy.jsonl"))
             .env("KATA_AGENT_SYSFS", &sysfs)
             .env(
                 "KATA_AGENT_LOG_LEVEL",

@@ -637,6 +637,7 @@ fn toml_every_key() {
         mem_agent: Default::default(),
         passfd_addr: None,
         policy_file: None,
+        policy_log: PathBuf::from("/tmp/policy.jsonl"),
     };
     assert_eq!(c, expected);
 }

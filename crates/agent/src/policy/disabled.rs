@@ -24,7 +24,11 @@ pub fn gate() -> &'static PolicyGate {
 }
 
 /// Start-up: refuses a configured policy (or an existing default policy file).
-pub fn startup(configured: Option<&Path>, default: &Path) -> anyhow::Result<()> {
+pub fn startup(
+    configured: Option<&Path>,
+    default: &Path,
+    _decision_log: Option<&Path>,
+) -> anyhow::Result<()> {
     if let Some(path) = configured.or(default.exists().then_some(default)) {
         anyhow::bail!(
             "cannot enforce the policy {}: {UNSUPPORTED}",

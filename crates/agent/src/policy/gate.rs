@@ -8,6 +8,7 @@ use protocols::agent::{CopyFileRequest, SetPolicyRequest};
 use tracing::{info, warn};
 
 use super::engine::LoadedPolicy;
+use super::log::DecisionLog;
 use super::{input, PolicyError};
 
 /// The agent's policy gate.
@@ -17,6 +18,8 @@ pub struct PolicyGate {
     current: RwLock<Option<Arc<LoadedPolicy>>>,
     /// Serializes SetPolicy (decide, parse, swap).
     set_lock: tokio::sync::Mutex<()>,
+    /// The decision log, when the agent logs at debug level.
+    log: OnceLock<DecisionLog>,
 }
 
 static GATE: OnceLock<PolicyGate> = OnceLock::new();
@@ -31,9 +34,17 @@ pub fn install(policy: Option<LoadedPolicy>) {
     gate().replace(policy.map(Arc::new));
 }
 
-/// Start-up: loads the policy (see [`load_startup`]), installs it and logs which one is in force.
-pub fn startup(configured: Option<&Path>, default: &Path) -> anyhow::Result<()> {
+/// Start-up: loads the policy (see [`load_startup`]), installs it and logs which one is in force;
+/// with `decision_log` (the agent logs at debug level), opens the decision log there.
+pub fn startup(
+    configured: Option<&Path>,
+    default: &Path,
+    decision_log: Option<&Path>,
+) -> anyhow::Result<()> {
     install(load_startup(configured, default)?);
+    if let Some(path) = decision_log {
+        gate().open_log(path);
+    }
     gate().announce();
     Ok(())
 }
@@ -63,6 +74,23 @@ impl PolicyGate {
         PolicyGate {
             current: RwLock::new(policy.map(Arc::new)),
             set_lock: tokio::sync::Mutex::new(()),
+            log: OnceLock::new(),
+        }
+    }
+
+    /// Starts the decision log at `path` (a failure is only a warning: it is a debugging aid).
+    pub fn open_log(&self, path: &Path) {
+        match DecisionLog::create(path) {
+            Ok(log) => {
+                let _ = self.log.set(log);
+                info!(subsystem = "policy", path = %path.display(), "policy decision log");
+            }
+            Err(e) => warn!(
+                subsystem = "policy",
+                path = %path.display(),
+                error = %e,
+                "cannot create the policy decision log"
+            ),
         }
     }
 
@@ -99,7 +127,9 @@ impl PolicyGate {
             return Ok(());
         };
         let descriptor = M::descriptor();
-        decide(&policy, descriptor.name(), || Ok(input::message_input(req)))
+        decide(self.log.get(), &policy, descriptor.name(), || {
+            Ok(input::message_input(req))
+        })
     }
 
     /// Decides CopyFile on its prepared form.
@@ -107,7 +137,9 @@ impl PolicyGate {
         let Some(policy) = self.current() else {
             return Ok(());
         };
-        decide(&policy, "CopyFileRequest", || input::copy_file_input(req))
+        decide(self.log.get(), &policy, "CopyFileRequest", || {
+            input::copy_file_input(req)
+        })
     }
 
     /// SetPolicy: decided by the policy in force (`SetPolicyRequest`), then the new text is parsed
@@ -132,6 +164,7 @@ impl PolicyGate {
 
 /// One decision, logged when denied or only allowed by `AllowRequestsFailingPolicy`.
 fn decide(
+    log: Option<&DecisionLog>,
     policy: &LoadedPolicy,
     name: &str,
     input: impl FnOnce() -> Result<regorus::Value, PolicyError>,
@@ -139,9 +172,18 @@ fn decide(
     // A request that cannot be put in the policy's form fails as it is; evaluation errors are
     // named after the request.
     let mut bad_input = None;
-    let outcome = policy.decide(name, || {
-        input().inspect_err(|e| bad_input = Some(e.clone()))
-    });
+    let input = || input().inspect_err(|e| bad_input = Some(e.clone()));
+    let outcome = match log {
+        // The log has every input, constant rules' too.
+        Some(log) if DecisionLog::wants(name) => match input() {
+            Ok(value) => {
+                log.record(name, &value);
+                policy.decide(name, || Ok(value))
+            }
+            Err(e) => Err(e),
+        },
+        _ => policy.decide(name, input),
+    };
     if let Some(e) = bad_input {
         return Err(e);
     }

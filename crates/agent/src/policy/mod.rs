@@ -36,6 +36,11 @@ mod gate;
 mod hoist;
 #[cfg(feature = "agent-policy")]
 pub mod input;
+#[cfg(feature = "agent-policy")]
+mod log;
+
+/// Where the decision log goes (debug level only) unless `KATA_AGENT_POLICY_LOG` says otherwise.
+pub const DEFAULT_POLICY_LOG: &str = "/tmp/policy.jsonl";
 
 #[cfg(not(feature = "agent-policy"))]
 pub use disabled::{gate, startup};

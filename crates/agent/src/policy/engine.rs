@@ -133,23 +133,21 @@ impl LoadedPolicy {
         self.allow_failures
     }
 
+    /// The decision on `name` when the policy defines it by a literal default alone (see
+    /// [`constant`]): no input or evaluation needed.
+    pub fn constant_outcome(&self, name: &str) -> Option<Result<Outcome, PolicyError>> {
+        self.constant
+            .get(name)
+            .map(|value| decision::interpret(value, String::new(), self.allow_failures))
+    }
+
     /// Evaluates `data.agent_policy.<name>` with `input`. When the allowed result carries state
     /// operations, they are applied (and the engine prepared for the new state) before this
     /// returns, so a request sent after this one's answer is decided on the new state.
     pub fn evaluate(&self, name: &str, input: Value) -> Result<Outcome, PolicyError> {
-        self.decide(name, || Ok(input))
-    }
-
-    /// [`Self::evaluate`] with the input made only when the rule is not a constant.
-    pub fn decide(
-        &self,
-        name: &str,
-        input: impl FnOnce() -> Result<Value, PolicyError>,
-    ) -> Result<Outcome, PolicyError> {
-        if let Some(value) = self.constant.get(name) {
-            return decision::interpret(value, String::new(), self.allow_failures);
+        if let Some(outcome) = self.constant_outcome(name) {
+            return outcome;
         }
-        let input = input()?;
         let snapshot = self.snapshot();
         let outcome = snapshot.evaluate(name, input.clone(), self.allow_failures)?;
         if outcome.ops.is_none() {

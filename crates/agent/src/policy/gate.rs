@@ -7,6 +7,7 @@ use protobuf::MessageFull;
 use protocols::agent::{CopyFileRequest, SetPolicyRequest};
 use tracing::{info, warn};
 
+use super::decision::Outcome;
 use super::engine::LoadedPolicy;
 use super::log::DecisionLog;
 use super::{input, PolicyError};
@@ -162,31 +163,38 @@ impl PolicyGate {
     }
 }
 
-/// One decision, logged when denied or only allowed by `AllowRequestsFailingPolicy`.
+/// One decision: the input is made only when the rule is not a constant, or the decision log
+/// wants it. Generic over the request only as far as making the input.
 fn decide(
     log: Option<&DecisionLog>,
     policy: &LoadedPolicy,
     name: &str,
     input: impl FnOnce() -> Result<regorus::Value, PolicyError>,
 ) -> Result<(), PolicyError> {
-    // A request that cannot be put in the policy's form fails as it is; evaluation errors are
-    // named after the request.
-    let mut bad_input = None;
-    let input = || input().inspect_err(|e| bad_input = Some(e.clone()));
-    let outcome = match log {
-        // The log has every input, constant rules' too.
-        Some(log) if DecisionLog::wants(name) => match input() {
-            Ok(value) => {
-                log.record(name, &value);
-                policy.decide(name, || Ok(value))
-            }
-            Err(e) => Err(e),
-        },
-        _ => policy.decide(name, input),
+    let logged = log.filter(|_| DecisionLog::wants(name));
+    let outcome = match policy.constant_outcome(name) {
+        Some(outcome) if logged.is_none() => outcome,
+        // A request that cannot be put in the policy's form fails as it is.
+        _ => evaluate(logged, policy, name, input()?),
     };
-    if let Some(e) = bad_input {
-        return Err(e);
+    conclude(name, outcome)
+}
+
+fn evaluate(
+    log: Option<&DecisionLog>,
+    policy: &LoadedPolicy,
+    name: &str,
+    input: regorus::Value,
+) -> Result<Outcome, PolicyError> {
+    if let Some(log) = log {
+        log.record(name, &input);
     }
+    policy.evaluate(name, input)
+}
+
+/// Reads an outcome as the answer: evaluation errors are named after the request, denials carry
+/// what the policy printed; both are logged.
+fn conclude(name: &str, outcome: Result<Outcome, PolicyError>) -> Result<(), PolicyError> {
     let outcome =
         outcome.map_err(|e| PolicyError::Internal(format!("{name}: internal error {e}")))?;
     if outcome.overridden {

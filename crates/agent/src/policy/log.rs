@@ -72,7 +72,7 @@ impl DecisionLog {
         if !Self::wants(name) {
             return;
         }
-        let request = serde_json::to_string(input).unwrap_or_else(|_| "null".to_string());
+        let request = serde_json::to_value(input).unwrap_or_default().to_string();
         let line = format!(
             "{{\"kind\":{},\"request\":{request}}}\n",
             serde_json::Value::from(name)

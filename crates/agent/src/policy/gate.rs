@@ -180,6 +180,7 @@ fn decide(
     conclude(name, outcome)
 }
 
+/// Logs the input (when `log`), then evaluates.
 fn evaluate(
     log: Option<&DecisionLog>,
     policy: &LoadedPolicy,
@@ -193,7 +194,8 @@ fn evaluate(
 }
 
 /// Reads an outcome as the answer: evaluation errors are named after the request, denials carry
-/// what the policy printed; both are logged.
+/// what the policy printed. Denials, and denials let through by `AllowRequestsFailingPolicy`,
+/// are logged.
 fn conclude(name: &str, outcome: Result<Outcome, PolicyError>) -> Result<(), PolicyError> {
     let outcome =
         outcome.map_err(|e| PolicyError::Internal(format!("{name}: internal error {e}")))?;

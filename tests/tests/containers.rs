@@ -777,6 +777,32 @@ fn exec_without_and_with_a_tty() {
     });
 }
 
+/// A container asking for a time namespace gets one of its own (the setup process forks into it,
+/// as the namespace applies to children only), and an exec joins it.
+#[test]
+fn time_namespace_of_its_own() {
+    rt().block_on(async {
+        let fx = Fx::new("timens").await;
+        let mut s = fx.spec("t1", process(&["sleep", "1000"]));
+        s.Linux.as_mut().unwrap().Namespaces.push(namespace("time"));
+        fx.run("t1", s).await;
+        let init = fx.cg_pids("t1")[0];
+        let own = ns_inode(init, "time");
+        assert_ne!(own, ns_inode(std::process::id() as i32, "time"));
+        fx.exec("t1", "e1", process(&["sleep", "1000"])).await;
+        let exec = fx
+            .cg_pids("t1")
+            .into_iter()
+            .find(|p| *p != init)
+            .expect("the exec'd process is in the container's cgroup");
+        assert_eq!(ns_inode(exec, "time"), own);
+        fx.signal("t1", "e1", libc::SIGKILL as u32).await;
+        assert_eq!(fx.wait("t1", "e1").await, 137);
+        fx.remove("t1").await;
+        fx.finish().await;
+    });
+}
+
 #[test]
 fn stdin_round_trip_through_cat() {
     rt().block_on(async {

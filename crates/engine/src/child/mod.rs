@@ -143,8 +143,10 @@ fn expect_ok(sock: &mut UnixStream) -> Result<()> {
     }
 }
 
+/// The clone flag of a namespace type (the OCI type's value is the flag). Kept as is: nix's
+/// `CloneFlags` has no `CLONE_NEWTIME`, and truncating would turn a time namespace into none.
 fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
-    CloneFlags::from_bits_truncate(t as i32)
+    CloneFlags::from_bits_retain(t as i32)
 }
 
 fn ns_file(t: LinuxNamespaceType) -> &'static str {
@@ -224,8 +226,9 @@ fn stage1(sock: &mut UnixStream, setup: &Setup) -> Result<Option<Vec<rootfs::Cgr
         LinuxNamespaceType::Mount,
     ];
     let mut userns = false;
-    // Whether this process changed a namespace that applies to its children only (pid, time):
-    // then only a child of it is where the container process belongs.
+    // Whether this process changed a namespace that applies to its children only (pid): then only
+    // a child of it is where the container process belongs. (A time namespace applies to
+    // children too, but setns(2) moves the caller itself into one: see below.)
     let mut for_children = false;
     for t in order {
         if t == LinuxNamespaceType::User && setup.creates(t) {
@@ -242,7 +245,7 @@ fn stage1(sock: &mut UnixStream, setup: &Setup) -> Result<Option<Vec<rootfs::Cgr
             nix::sched::setns(f, ns_flag(*typ))
                 .with_context(|| format!("cannot join the {} namespace", ns_file(*typ)))?;
             userns |= *typ == LinuxNamespaceType::User;
-            for_children |= matches!(*typ, LinuxNamespaceType::Pid | LinuxNamespaceType::Time);
+            for_children |= *typ == LinuxNamespaceType::Pid;
         }
         if userns && t == LinuxNamespaceType::User {
             // Become root of the user namespace (needs uid/gid 0 to be mapped).
@@ -266,8 +269,17 @@ fn stage1(sock: &mut UnixStream, setup: &Setup) -> Result<Option<Vec<rootfs::Cgr
     if !flags.is_empty() {
         nix::sched::unshare(flags).context("cannot create the namespaces")?;
     }
-    for_children |=
-        flags.contains(CloneFlags::CLONE_NEWPID) || setup.creates(LinuxNamespaceType::Time);
+    let new_time = CloneFlags::from_bits_retain(libc::CLONE_NEWTIME);
+    if flags.contains(new_time) {
+        // unshare(2) made the time namespace for this process's children; joining it moves this
+        // (single-threaded) process in as well, so no fork is needed for it. That matters when
+        // this process is already pid 1 of the container's new pid namespace: a child of it
+        // would die with it.
+        let f = File::open("/proc/self/ns/time_for_children")
+            .context("cannot open the new time namespace")?;
+        nix::sched::setns(&f, new_time).context("cannot enter the new time namespace")?;
+    }
+    for_children |= flags.contains(CloneFlags::CLONE_NEWPID);
     if !for_children {
         // Already in the container's pid namespace (the engine started this process there, or
         // the container has none of its own): this process becomes the container process.

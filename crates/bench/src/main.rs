@@ -129,7 +129,7 @@ fn main() -> Result<()> {
             .build()?;
         return rt.block_on(soak::main(std::env::args().skip(2).collect()));
     }
-    let o = parse_options();
+    let mut o = parse_options();
     if unsafe { libc::geteuid() } != 0 {
         bail!("run the benchmarks as root (the agent creates namespaces and cgroups)");
     }
@@ -145,6 +145,8 @@ fn main() -> Result<()> {
             o.rootfs.display()
         );
     }
+    // The agent takes absolute root paths only (`--rootfs build/rootfs` is natural to type).
+    o.rootfs = std::fs::canonicalize(&o.rootfs)?;
     let size = std::fs::metadata(&o.agent)?.len();
     println!("agent binary {}", o.agent.display());
     println!(

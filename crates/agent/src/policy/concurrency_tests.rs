@@ -4,24 +4,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocols::agent::{CreateContainerRequest, ExecProcessRequest};
 use regorus::Value;
 
 use super::engine::LoadedPolicy;
 use super::gate::PolicyGate;
+use super::tests::{create, exec, fixture, rules_with_data as genpolicy};
 use super::PolicyError;
-
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/policy/");
-
-fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{DATA}{name}")).unwrap()
-}
-
-fn genpolicy() -> String {
-    let data =
-        fixture("policy-data.rego").replace("@CPATH@", "/run/kata-containers/shared/containers");
-    format!("{}\n{}", fixture("rules.rego"), data)
-}
 
 /// Every rule decided without the interpreter gets the answer the interpreter gives, with and
 /// without `AllowRequestsFailingPolicy`.
@@ -126,20 +114,6 @@ ExecProcessRequest if {
 }
 "#;
 
-fn create(cid: &str) -> CreateContainerRequest {
-    CreateContainerRequest {
-        container_id: cid.into(),
-        ..Default::default()
-    }
-}
-
-fn exec(cid: &str) -> ExecProcessRequest {
-    ExecProcessRequest {
-        container_id: cid.into(),
-        ..Default::default()
-    }
-}
-
 /// Installs a hook that holds each state change while its next snapshot is prepared: it reports
 /// on `entered` and waits for a message on the returned sender.
 fn hold_state_changes(policy: &LoadedPolicy) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
@@ -170,15 +144,15 @@ fn decisions_go_on_while_the_state_changes() {
     // The create is held in the middle of its state change: these are decided meanwhile.
     for _ in 0..3 {
         assert!(matches!(
-            gate.check(&exec("c1")),
+            gate.check(&exec("c1", &["sh"])),
             Err(PolicyError::Denied(_))
         ));
-        assert!(gate.check(&exec("c2")).is_err());
+        assert!(gate.check(&exec("c2", &["sh"])).is_err());
     }
     release.send(()).unwrap();
     assert_eq!(creating.join().unwrap(), Ok(()));
     // Decided after the create answered: the new state.
-    assert_eq!(gate.check(&exec("c1")), Ok(()));
+    assert_eq!(gate.check(&exec("c1", &["sh"])), Ok(()));
 }
 
 /// Two state changes decided at once on the same state: the second is decided again on the state
@@ -203,6 +177,6 @@ fn concurrent_state_changes_are_decided_one_after_the_other() {
         second.join().unwrap(),
         Err(PolicyError::Denied(m)) if m.starts_with("CreateContainerRequest is blocked by policy")
     ));
-    assert_eq!(gate.check(&exec("c1")), Ok(()));
-    assert!(gate.check(&exec("c2")).is_err());
+    assert_eq!(gate.check(&exec("c1", &["sh"])), Ok(()));
+    assert!(gate.check(&exec("c2", &["sh"])).is_err());
 }

@@ -11,7 +11,7 @@ use protocols::oci::{Process, Spec};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/policy/");
 
-fn fixture(name: &str) -> String {
+pub(super) fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!("{DATA}{name}")).unwrap()
 }
 
@@ -19,7 +19,7 @@ fn gate_with(text: &str) -> PolicyGate {
     PolicyGate::new(Some(LoadedPolicy::parse("test.rego", text).unwrap()))
 }
 
-fn exec(cid: &str, args: &[&str]) -> ExecProcessRequest {
+pub(super) fn exec(cid: &str, args: &[&str]) -> ExecProcessRequest {
     ExecProcessRequest {
         container_id: cid.into(),
         exec_id: "e1".into(),
@@ -33,7 +33,7 @@ fn exec(cid: &str, args: &[&str]) -> ExecProcessRequest {
     }
 }
 
-fn create(cid: &str) -> CreateContainerRequest {
+pub(super) fn create(cid: &str) -> CreateContainerRequest {
     CreateContainerRequest {
         container_id: cid.into(),
         OCI: Some(Spec::default()).into(),
@@ -116,7 +116,7 @@ fn rules_rego_needs_policy_data() {
     ));
 }
 
-fn rules_with_data() -> String {
+pub(super) fn rules_with_data() -> String {
     let data =
         fixture("policy-data.rego").replace("@CPATH@", "/run/kata-containers/shared/containers");
     format!("{}\n{}", fixture("rules.rego"), data)
